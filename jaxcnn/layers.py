@@ -22,3 +22,59 @@ class Conv2D(nnx.Module):
 
     def __call__(self, X: jax.Array) -> jax.Array:
         return ops.corr2d(X, self.weight[...]) + self.bias[...]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks for the models: Flax layers configured as the book's PyTorch ones, and
+# parameter-free layers on ops (NHWC in, NHWC out).
+# ----------------------------------------------------------------------------------------------
+
+XAVIER = nnx.initializers.xavier_uniform()   # the book's init_cnn, for conv and dense kernels
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+         padding: int = 0, groups: int = 1, use_bias: bool = True, rngs: nnx.Rngs) -> nnx.Conv:
+    """``nn.Conv2d`` as the book uses it: square kernel, symmetric zero padding, Xavier-uniform
+    kernel (HWIO), zero bias. ``groups`` is the number of groups."""
+    return nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size),
+                    strides=stride, padding=padding, feature_group_count=groups,
+                    use_bias=use_bias, kernel_init=XAVIER, rngs=rngs)
+
+
+def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """``nn.Linear`` with the book's Xavier-uniform kernel and a zero bias."""
+    return nnx.Linear(in_features, out_features, kernel_init=XAVIER, rngs=rngs)
+
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """``nnx.BatchNorm`` with PyTorch's defaults: running = 0.9 * running + 0.1 * batch
+    (Flax's ``momentum=0.9``; Flax defaults to 0.99), eps 1e-5, statistics over all axes but the
+    last (N, H, W for NHWC)."""
+    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class MaxPool2d(nnx.Module):
+    """``ops.max_pool2d`` as a layer: ``(N, H, W, C) -> (N, H', W', C)``."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(MaxPool2d):
+    """``ops.avg_pool2d`` as a layer: ``(N, H, W, C) -> (N, H', W', C)``."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """``nn.AdaptiveAvgPool2d((1, 1))`` followed by ``nn.Flatten``: ``(N, H, W, C) -> (N, C)``."""
+    return x.mean(axis=(1, 2))
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """``nn.Flatten``: ``(N, ...) -> (N, prod(...))`` (NHWC order, so H, W, C)."""
+    return x.reshape(x.shape[0], -1)

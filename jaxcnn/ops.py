@@ -20,6 +20,7 @@ from typing import Literal, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 IntPair = Union[int, Sequence[int]]
@@ -254,7 +255,7 @@ def max_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
     """Max pooling over each channel, as ``torch.nn.MaxPool2d``: stride defaults to the kernel
     size, padding (per side) is ``-inf``. x: ``(N, H, W, C)`` -> ``(N, H', W', C)``."""
     window, strides, pads = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, strides, pads)
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, window, strides, pads)
 
 
 def avg_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None,
@@ -262,5 +263,5 @@ def avg_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
     """Average pooling, as ``torch.nn.AvgPool2d`` with its default ``count_include_pad=True``:
     padded zeros count in the mean. x: ``(N, H, W, C)`` -> ``(N, H', W', C)``."""
     window, strides, pads = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, strides, pads)
+    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, pads)
     return total / (window[1] * window[2])

@@ -308,3 +308,10 @@ def test_scratch_conv2d_layer():
     # d/d bias of a sum over the 6x7 output is the number of outputs.
     assert float(grads.bias[...]) == pytest.approx(42.0)
     assert np.all(np.asarray(layer.weight[...]) >= 0) and np.all(np.asarray(layer.weight[...]) < 1)
+
+
+@pytest.mark.parametrize("pool", [ops.max_pool2d, ops.avg_pool2d])
+def test_pools_differentiate_under_jit(pool):
+    x = jax.random.normal(jax.random.key(4), (2, 6, 6, 3))
+    jitted = jax.jit(jax.grad(lambda x: pool(x, 3, 2, 1).sum()))
+    chex.assert_trees_all_close(jitted(x), jax.grad(lambda x: pool(x, 3, 2, 1).sum())(x))

@@ -1,0 +1,32 @@
+"""LeNet-5 (d2l 7.6): two sigmoid conv layers with average pooling, three dense layers."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from jaxcnn import ops
+from jaxcnn.layers import AvgPool2d, conv, dense, flatten
+
+MIN_IMAGE_SIZE = 12   # the 5x5 conv after the first pooling needs at least 5 + 2 x 2 rows left
+
+
+class LeNet(nnx.Sequential):
+    """conv 6@5x5 pad 2 - sigmoid - avg pool 2/2 - conv 16@5x5 - sigmoid - avg pool 2/2 -
+    flatten - dense 120 - sigmoid - dense 84 - sigmoid - dense ``num_classes``.
+
+    Input ``(N, image_size, image_size, in_channels)``; output logits ``(N, num_classes)``.
+    At the book's 28x28 the flatten is 16 x 5 x 5 = 400 wide.
+    """
+
+    def __init__(self, num_classes: int = 10, *, in_channels: int = 1, image_size: int = 28,
+                 rngs: nnx.Rngs):
+        side = ops.conv_output_size(image_size, 5, 1, 2) // 2
+        side = ops.conv_output_size(side, 5) // 2
+        super().__init__(
+            conv(in_channels, 6, 5, padding=2, rngs=rngs), nnx.sigmoid, AvgPool2d(2),
+            conv(6, 16, 5, rngs=rngs), nnx.sigmoid, AvgPool2d(2),
+            flatten,
+            dense(16 * side * side, 120, rngs=rngs), nnx.sigmoid,
+            dense(120, 84, rngs=rngs), nnx.sigmoid,
+            dense(84, num_classes, rngs=rngs),
+        )

@@ -1,0 +1,202 @@
+"""jaxcnn.models: the book's shapes and parameter counts, modes, gradients, the registry."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import models
+from jaxcnn.models import ResNeXtBlock, Residual
+
+
+def num_params(module: nnx.Module) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+# Parameter counts of the book's PyTorch models (1 input channel, 10 classes).
+@pytest.mark.parametrize("name, expected", [
+    ("lenet", 61_706),
+    ("vgg", 43_093_322),
+    ("vgg11", 128_806_154),
+    ("resnet18", 11_178_378),
+])
+def test_parameter_counts_match_the_book(name, expected):
+    assert num_params(models.create(name)) == expected
+
+
+def test_residual_shapes():
+    x = jnp.ones((4, 6, 6, 3))
+    chex.assert_shape(Residual(3, rngs=nnx.Rngs(0))(x), (4, 6, 6, 3))
+    block = Residual(6, use_1x1conv=True, strides=2, in_channels=3, rngs=nnx.Rngs(0))
+    chex.assert_shape(block(x), (4, 3, 3, 6))
+
+
+def test_resnext_block_groups_is_the_number_of_groups():
+    block = ResNeXtBlock(32, groups=4, bot_mul=1, use_1x1conv=True, strides=2, in_channels=16,
+                         rngs=nnx.Rngs(0))
+    # HWIO: each of the 4 groups sees 32 / 4 = 8 input channels.
+    assert block.conv2.kernel[...].shape == (3, 3, 8, 32)
+    chex.assert_shape(block(jnp.ones((2, 8, 8, 16))), (2, 4, 4, 32))
+    with pytest.raises(ValueError, match="groups=5 must divide the 32"):
+        ResNeXtBlock(32, groups=5, bot_mul=1, rngs=nnx.Rngs(0))
+
+
+def test_resnext_model_runs():
+    model = models.create("resnext", image_size=32)
+    chex.assert_shape(model(jnp.ones((2, 32, 32, 1))), (2, 10))
+    groups = {m.feature_group_count for _, m in nnx.iter_modules(model)
+              if isinstance(m, nnx.Conv)}
+    assert groups == {1, 16}
+
+
+def test_kernels_are_xavier_uniform():
+    conv = models.create("lenet").layers[3]           # conv 6 -> 16, 5x5
+    kernel = np.asarray(conv.kernel[...])
+    limit = np.sqrt(6 / (6 * 25 + 16 * 25))
+    assert np.abs(kernel).max() <= limit
+    assert np.abs(kernel).max() > 0.9 * limit         # uniform: reaches near the bound
+    assert np.var(kernel) == pytest.approx(limit ** 2 / 3, rel=0.15)
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm state and train / eval modes
+# ----------------------------------------------------------------------------------------------
+
+def bn_layers(model):
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+
+
+def test_batchnorm_matches_pytorch_defaults_and_modes():
+    model = models.create("resnet18", image_size=32)
+    bn = bn_layers(model)[0]                          # the stem's BatchNorm, after the 7x7 conv
+    assert bn.momentum == 0.9 and bn.epsilon == 1e-5
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 1))
+    stem_conv = model.layers[0].layers[0]
+    batch_mean = stem_conv(x).mean(axis=(0, 1, 2))    # statistics over N, H, W
+
+    model.train()
+    model(x)
+    chex.assert_trees_all_close(bn.mean[...], 0.1 * batch_mean, atol=1e-6)   # 0.9 * 0 + 0.1 * m
+    stats = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
+
+    model.eval()
+    y1, y2 = model(x), model(x)
+    chex.assert_trees_all_equal(nnx.state(model, nnx.BatchStat), stats)     # untouched
+    chex.assert_trees_all_equal(y1, y2)                                       # deterministic
+    # Eval normalises with the running averages: the stem's BN output equals the formula.
+    z = stem_conv(x)
+    expected = ((z - bn.mean[...]) / jnp.sqrt(bn.var[...] + 1e-5)) * bn.scale[...] + bn.bias[...]
+    chex.assert_trees_all_close(bn(z), expected, atol=1e-5)
+
+
+def test_dropout_differs_between_keys_in_train_mode_only():
+    model = models.create("vgg", image_size=32)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+    model.train()
+    a = model(x, rngs=nnx.Rngs(dropout=1))
+    b = model(x, rngs=nnx.Rngs(dropout=2))
+    c = model(x, rngs=nnx.Rngs(dropout=1))
+    assert not np.allclose(a, b)
+    chex.assert_trees_all_close(a, c)
+    model.eval()
+    chex.assert_trees_all_equal(model(x, rngs=nnx.Rngs(dropout=1)),
+                                model(x, rngs=nnx.Rngs(dropout=2)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Every model jits and differentiates; the split/merge pattern from plain JAX
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, size", [("lenet", 28), ("vgg", 32), ("vgg11", 32),
+                                        ("resnet18", 32), ("resnext", 32)])
+def test_every_model_jits_and_has_finite_gradients(name, size):
+    model = models.create(name, image_size=size)
+    model.train()
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 1))
+    labels = jnp.array([1, 7])
+
+    @nnx.jit
+    def grads_of(model):
+        def loss_fn(model):
+            logits = model(x, rngs=nnx.Rngs(dropout=0))
+            return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
+        return nnx.grad(loss_fn)(model)
+
+    grads = grads_of(model)
+    chex.assert_tree_all_finite(grads)
+    params = nnx.state(model, nnx.Param)
+    chex.assert_trees_all_equal_shapes(grads, params)
+    # Every parameter receives some gradient (no dead branch).
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_split_merge_apply_from_plain_jax():
+    """The documented pattern: a pure ``apply(state, x, train)`` under jax.jit, and grads."""
+    model = models.create("resnet18", image_size=32)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def apply(state, x):
+        module = nnx.merge(graphdef, state)
+        module.eval()
+        return module(x)
+
+    @jax.jit
+    def train_apply(state, x):
+        module = nnx.merge(graphdef, state)
+        module.train()
+        return module(x), nnx.state(module)
+
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
+    chex.assert_trees_all_close(apply(state, x), model.eval() or model(x), atol=1e-5)
+    logits, new_state = train_apply(state, x)
+    chex.assert_shape(logits, (4, 10))
+    before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+    after = jax.tree.leaves(nnx.filter_state(new_state, nnx.BatchStat))
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    loss = lambda p, x: apply(nnx.merge_state(p, rest), x).sum()
+    grads = jax.jit(jax.grad(loss))(params, x)
+    chex.assert_trees_all_equal_shapes(grads, params)
+    chex.assert_tree_all_finite(grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown model 'alexnet'.*lenet, vgg, vgg11, resnet18"):
+        models.create("alexnet")
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg"])
+def test_minimum_image_size_is_exact(name):
+    smallest = models.spec(name).min_image_size
+    model = models.create(name, image_size=smallest)
+    chex.assert_shape(model(jnp.ones((1, smallest, smallest, 1))), (1, 10))
+    with pytest.raises(ValueError, match=f"image_size {smallest - 1} is too small for {name}"):
+        models.create(name, image_size=smallest - 1)
+
+
+@pytest.mark.parametrize("field", ["num_classes", "in_channels", "image_size"])
+@pytest.mark.parametrize("value", [0, -3, 2.5])
+def test_registry_rejects_bad_sizes(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a positive int"):
+        models.create("lenet", **{field: value})
+
+
+def test_default_image_sizes_are_the_books():
+    sizes = {name: models.spec(name).image_size for name in models.REGISTRY}
+    assert sizes == {"lenet": 28, "vgg": 224, "vgg11": 224, "resnet18": 96, "resnext": 96}
+
+
+def test_same_seed_same_parameters():
+    a, b, c = (models.create("lenet", seed=s) for s in (0, 0, 1))
+    chex.assert_trees_all_equal(nnx.state(a, nnx.Param), nnx.state(b, nnx.Param))
+    assert not np.allclose(a.layers[0].kernel[...], c.layers[0].kernel[...])
