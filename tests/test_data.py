@@ -1,0 +1,374 @@
+"""jaxcnn.data on the real Fashion-MNIST files ($JAXCNN_FASHION_MNIST, else Debian's package).
+
+The dataset is prepared once per session into a fresh tfds data dir; the error paths copy the
+real files into tmp_path, break the copies there and prepare into another fresh tfds data dir.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import data
+
+NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+REPO = Path(__file__).resolve().parents[1]
+# SHA-256 of the decompressed t10k-images-idx3-ubyte (Fashion-MNIST's published files).
+T10K_IMAGES_SHA256 = "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    """The directory of the four real .gz files."""
+    for d in (os.environ.get(data.ENV_VAR), data.DEBIAN_DIR):
+        if d and all((Path(d) / f"{name}.gz").is_file() for name in NAMES):
+            return Path(d)
+    pytest.fail(f"no Fashion-MNIST files: set {data.ENV_VAR} or install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory, real_dir) -> Path:
+    """A fresh tfds data dir with the dataset prepared from the real files (both splits cached)."""
+    root = tmp_path_factory.mktemp("tfds")
+    for split in data.SPLITS:
+        data.fashion_mnist(split, real_dir, tfds_data_dir=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fmnist_train(tfds_dir):
+    return data.fashion_mnist("train", tfds_data_dir=tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def fmnist_test(tfds_dir):
+    return data.fashion_mnist("test", tfds_data_dir=tfds_dir)
+
+
+# ---------------------------------------------------------------------------- the dataset
+
+def test_counts_shapes_and_classes(fmnist_train, fmnist_test):
+    for (images, labels), n in ((fmnist_train, 60_000), (fmnist_test, 10_000)):
+        assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
+        assert labels.shape == (n,) and labels.dtype == np.int32
+        np.testing.assert_array_equal(np.bincount(labels, minlength=10), [n // 10] * 10)
+    assert data.CLASS_NAMES == ("t-shirt", "trouser", "pullover", "dress", "coat",
+                                "sandal", "shirt", "sneaker", "bag", "ankle boot")
+
+
+def test_training_pixel_statistics(fmnist_train):
+    images = fmnist_train[0]
+    assert images.min() == 0 and images.max() == 255
+    assert images.mean(dtype=np.float64) / 255 == pytest.approx(0.2860, abs=5e-5)
+    assert images.std(dtype=np.float64) / 255 == pytest.approx(0.3530, abs=5e-5)
+
+
+def test_same_examples_in_the_same_order_as_the_source_files(real_dir, fmnist_train, fmnist_test):
+    sources = data.read_sources(real_dir)
+    for split, (images, labels) in (("train", fmnist_train), ("test", fmnist_test)):
+        np.testing.assert_array_equal(images, sources[split][0])
+        np.testing.assert_array_equal(labels, sources[split][1])
+
+
+def test_prepared_as_array_record_read_by_data_source_without_tensorflow(tfds_dir):
+    import tensorflow_datasets as tfds
+
+    variant = tfds_dir / data.TFDS_NAME / data.TFDS_VERSION
+    for split in data.SPLITS:
+        assert list(variant.glob(f"{data.TFDS_NAME}-{split}.array_record-*"))
+        assert data.cache_path(split, tfds_data_dir=tfds_dir).is_file()
+    assert not [p for p in tfds_dir.rglob("*") if "incomplete" in p.name or p.suffix == ".tmp"]
+    source = tfds.data_source(data.TFDS_NAME, split="test", data_dir=tfds_dir, download=False)
+    assert len(source) == 10_000
+    example = source[0]
+    assert example["image"].shape == (28, 28, 1) and example["image"].dtype == np.uint8
+    features = source.dataset_info.features
+    assert isinstance(features["image"], tfds.features.Tensor)  # raw bytes, no PNG to decode
+    assert features["label"].names == list(data.CLASS_NAMES)
+    assert "tensorflow" not in sys.modules
+
+
+def test_second_start_reads_the_cache_under_2s(tfds_dir):
+    code = ("import sys; from jaxcnn import data; "
+            f"data.fashion_mnist('train', tfds_data_dir={str(tfds_dir)!r}); "
+            f"data.fashion_mnist('test', tfds_data_dir={str(tfds_dir)!r}); "
+            "print('tensorflow_datasets' in sys.modules)")
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False"]  # the cache needs neither tfds nor decoding
+    assert seconds < 2.0
+
+
+def test_bad_split_lists_the_valid_ones(tfds_dir):
+    with pytest.raises(ValueError, match="'train', 'test'"):
+        data.fashion_mnist("validation", tfds_data_dir=tfds_dir)
+
+
+# ---------------------------------------------------------------------------- broken sources
+
+@pytest.fixture
+def source_copy(tmp_path, real_dir) -> Path:
+    """A copy of the four real files, to break."""
+    copy = tmp_path / "src"
+    copy.mkdir()
+    for name in NAMES:
+        shutil.copy(real_dir / f"{name}.gz", copy)
+    return copy
+
+
+def _regzip(path: Path, content: bytes, **gzip_args):
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", **gzip_args) as f:
+        f.write(content)
+
+
+def _flip_pixel_byte(content: bytes) -> bytes:
+    return content[:1000] + bytes([content[1000] ^ 0xFF]) + content[1001:]
+
+
+def _wrong_count(content: bytes) -> bytes:
+    return content[:4] + (9_999).to_bytes(4, "big") + content[8:]
+
+
+def _assert_nothing_written(root: Path):
+    assert not root.exists() or not any(root.iterdir()), sorted(root.rglob("*"))
+
+
+def _assert_says_how_to_provide(message: str):
+    for way in ("--data-dir", data.ENV_VAR, "manual dir", "apt-get install dataset-fashion-mnist"):
+        assert way in message
+
+
+@pytest.mark.parametrize("name, corrupt, found", [
+    ("t10k-images-idx3-ubyte", _flip_pixel_byte, "SHA-256"),
+    ("t10k-labels-idx1-ubyte", _wrong_count, "dims (9999,)"),
+    ("train-labels-idx1-ubyte", None, "not a readable gzip file"),
+])
+def test_corrupt_file_is_one_clear_error_and_nothing_is_prepared(
+        source_copy, tmp_path, name, corrupt, found):
+    path = source_copy / f"{name}.gz"
+    content = gzip.decompress(path.read_bytes())
+    if corrupt:
+        _regzip(path, corrupt(content), compresslevel=1)
+    else:
+        path.write_bytes(content)  # not gzip at all
+    with pytest.raises(data.DataError) as error:
+        data.fashion_mnist("test", source_copy, tfds_data_dir=tmp_path / "tfds")
+    message = str(error.value)
+    assert f"{name}.gz" in message and found in message and str(path) in message
+    if corrupt is _flip_pixel_byte:  # the expected digest and the one found
+        assert T10K_IMAGES_SHA256 in message and message.count("SHA-256") >= 1
+    _assert_says_how_to_provide(message)
+    _assert_nothing_written(tmp_path / "tfds")
+
+
+def test_missing_file_is_one_clear_error_and_nothing_is_prepared(source_copy, tmp_path):
+    (source_copy / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.MissingSourceError) as error:
+        data.fashion_mnist("train", source_copy, tfds_data_dir=tmp_path / "tfds")
+    assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, ValueError)
+    message = str(error.value)
+    assert "train-labels-idx1-ubyte.gz" in message and str(source_copy) in message
+    _assert_says_how_to_provide(message)
+    _assert_nothing_written(tmp_path / "tfds")
+
+
+def test_environment_variable_names_the_source_dir(source_copy, tmp_path, monkeypatch):
+    (source_copy / "t10k-images-idx3-ubyte.gz").unlink()
+    monkeypatch.setenv(data.ENV_VAR, str(source_copy))
+    with pytest.raises(data.MissingSourceError, match="t10k-images-idx3-ubyte.gz"):
+        data.fashion_mnist("test", tfds_data_dir=tmp_path / "tfds")
+
+
+def test_debian_style_regzipped_files_are_accepted(source_copy, fmnist_train):
+    for name in NAMES:
+        path = source_copy / f"{name}.gz"
+        original = path.read_bytes()
+        _regzip(path, gzip.decompress(original), compresslevel=1, mtime=1591347900,
+                filename=f"debian/{name}")
+        assert path.read_bytes() != original
+    sources = data.read_sources(source_copy)
+    np.testing.assert_array_equal(sources["train"][0], fmnist_train[0])
+    np.testing.assert_array_equal(sources["train"][1], fmnist_train[1])
+
+
+@pytest.fixture
+def file_server(real_dir):
+    """An HTTP server on 127.0.0.1 serving the real files; yields (url, requested paths)."""
+    requested, directory = [], str(real_dir)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=directory, **kwargs)
+
+        def log_message(self, format, *args):
+            requested.append(self.path)
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_port}/", requested
+        server.shutdown()
+
+
+def test_manual_dir_first_then_download_with_tfds(
+        file_server, real_dir, tmp_path, monkeypatch, fmnist_train):
+    url, requested = file_server
+    monkeypatch.setattr(data, "URL", url)
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    manual = tmp_path / "tfds" / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    shutil.copy(real_dir / "train-images-idx3-ubyte.gz", manual)
+    sources = data.read_sources(tfds_data_dir=tmp_path / "tfds")
+    assert sorted(requested) == sorted(f"/{name}.gz" for name in NAMES[1:])
+    np.testing.assert_array_equal(sources["train"][0], fmnist_train[0])
+    np.testing.assert_array_equal(sources["train"][1], fmnist_train[1])
+
+
+@pytest.mark.skipif(not data.DEBIAN_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_debian_package_files_are_accepted(fmnist_train):
+    np.testing.assert_array_equal(data.read_sources(data.DEBIAN_DIR)["train"][1], fmnist_train[1])
+
+
+def test_failed_prepare_leaves_no_dataset_behind(real_dir, tmp_path, monkeypatch):
+    builder_class = data.FashionMnist
+    generate = builder_class._generate_examples
+
+    def fail_midway(self, images, labels):
+        for i, example in generate(self, images, labels):
+            if i == 1000:
+                raise RuntimeError("interrupted")
+            yield i, example
+
+    monkeypatch.setattr(builder_class, "_generate_examples", fail_midway)
+    root = tmp_path / "tfds"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        data.fashion_mnist("test", real_dir, tfds_data_dir=root)
+    builder = builder_class(data_dir=root)
+    assert not builder.data_path.exists() and not builder.is_prepared()
+    assert not data.cache_path("test", tfds_data_dir=root).exists()
+    assert not [p for p in root.rglob("*") if p.is_file() or "incomplete" in p.name]
+
+
+def test_killed_prepare_leaves_nothing_a_later_run_takes_for_a_dataset(real_dir, tmp_path):
+    import tensorflow_datasets as tfds
+
+    root = tmp_path / "tfds"
+    code = f"from jaxcnn import data; data.fashion_mnist('test', {str(real_dir)!r}, " \
+           f"tfds_data_dir={str(root)!r})"
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(root.glob(f"{data.TFDS_NAME}/incomplete*/*.array_record*")):
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    assert list(root.glob(f"{data.TFDS_NAME}/incomplete*"))  # killed while writing
+    assert not data.FashionMnist(data_dir=root).is_prepared()
+    assert not data.cache_path("test", tfds_data_dir=root).exists()
+    with pytest.raises(KeyError, match="not been generated"):
+        tfds.data_source(data.TFDS_NAME, split="test", data_dir=root, download=False)
+
+
+# ---------------------------------------------------------------------------- batches
+
+def _ids(batches) -> np.ndarray:
+    return np.concatenate([b["image"][b["mask"]] for b in batches])
+
+
+def test_num_batches():
+    assert data.num_batches(60_000, 256, train=True) == 234
+    assert data.num_batches(60_000, 256, train=False) == 235
+    assert data.num_batches(10_000, 250, train=False) == 40
+    assert data.num_batches(10_000, 10_000, train=True) == 1
+
+
+def test_same_seed_same_order_new_epoch_new_order(fmnist_train):
+    ids, labels = np.arange(len(fmnist_train[1])), fmnist_train[1]
+
+    def order(seed, epoch):
+        return _ids(data.batches(ids, labels, 256, seed=seed, epoch=epoch, train=True))
+
+    np.testing.assert_array_equal(order(0, 3), order(0, 3))  # any epoch alone, e.g. on resume
+    assert not np.array_equal(order(0, 3), order(0, 4))
+    assert not np.array_equal(order(0, 3), order(1, 3))
+
+
+def test_training_epoch_has_each_example_once_up_to_the_dropped_remainder(fmnist_train):
+    images, labels = fmnist_train
+    ids = np.arange(len(labels))
+    epoch = list(data.batches(ids, labels, 256, seed=7, epoch=2, train=True))
+    assert len(epoch) == data.num_batches(60_000, 256, train=True) == 234
+    for batch in epoch:
+        assert batch["image"].shape == (256,) and batch["label"].dtype == np.int32
+        assert batch["mask"].dtype == bool and batch["mask"].all()
+        np.testing.assert_array_equal(batch["label"], labels[batch["image"]])
+    seen = _ids(epoch)
+    assert len(np.unique(seen)) == len(seen) == 60_000 - 96
+    first = next(data.batches(images, labels, 256, seed=7, epoch=2, train=True))
+    assert first["image"].shape == (256, 28, 28, 1) and first["image"].dtype == np.uint8
+    np.testing.assert_array_equal(first["image"], images[epoch[0]["image"]])
+
+
+def test_evaluation_has_every_example_exactly_once_at_a_fixed_shape(fmnist_test):
+    images, labels = fmnist_test
+    ids = np.arange(len(labels))
+    epoch = list(data.batches(ids, labels, 256, train=False))
+    assert len(epoch) == data.num_batches(10_000, 256, train=False) == 40
+    assert {b["image"].shape for b in epoch} == {(256,)}
+    assert epoch[-1]["mask"].sum() == 10_000 - 39 * 256
+    np.testing.assert_array_equal(_ids(epoch), ids)
+    np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in epoch]), labels)
+    last = list(data.batches(images, labels, 256, train=False))[-1]
+    assert last["image"].shape == (256, 28, 28, 1) and last["label"].dtype == np.int32
+    assert not last["image"][~last["mask"]].any()
+
+
+@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-1, ValueError),
+                                               (2.5, TypeError), (True, TypeError)])
+def test_bad_batch_size_is_rejected_at_the_call(fmnist_test, batch_size, error):
+    with pytest.raises(error, match="batch_size"):
+        data.batches(*fmnist_test, batch_size, train=False)
+    with pytest.raises(error, match="batch_size"):
+        data.num_batches(10_000, batch_size, train=True)
+
+
+def test_batch_larger_than_training_set_or_mismatched_lengths_are_rejected(fmnist_test):
+    images, labels = fmnist_test
+    with pytest.raises(ValueError, match="no batch"):
+        data.batches(images, labels, 10_001, seed=0, epoch=0, train=True)
+    assert len(list(data.batches(images, labels, 10_001, train=False))) == 1
+    with pytest.raises(ValueError, match="labels"):
+        data.batches(images, labels[:-1], 32, train=False)
+
+
+# ---------------------------------------------------------------------------- preprocess
+
+@pytest.mark.parametrize("size", [28, 96])
+def test_preprocess_scales_to_unit_range_and_resizes_under_jit(fmnist_test, size):
+    images = fmnist_test[0][:16]
+    out = jax.jit(data.preprocess, static_argnums=1)(images, size)
+    assert out.shape == (16, size, size, 1) and out.dtype == np.float32
+    out = np.asarray(out)
+    assert out.min() >= 0 and out.max() <= 1
+    if size == 28:
+        np.testing.assert_allclose(out, images.astype(np.float32) / 255, rtol=1e-6)
+    assert out.mean() == pytest.approx(images.mean() / 255, abs=2e-3)
