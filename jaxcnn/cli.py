@@ -33,6 +33,46 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxcnn import config, train
+
+    cfg = config.recipe(args.model, args.recipe, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, optimizer=args.optimizer, image_size=args.image_size,
+                        seed=args.seed, data_dir=args.data_dir,
+                        checkpoint_every=args.checkpoint_every)
+    workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
+    print(f"training {cfg.model} ({cfg.recipe} recipe: {cfg.optimizer}, lr {cfg.lr}, batch "
+          f"{cfg.batch_size}, {cfg.epochs} epochs, {cfg.image_size}x{cfg.image_size}) in {workdir}")
+    history = train.fit(cfg, workdir, force_new=args.force_new)
+    if history:
+        print(f"final val_acc {history[-1]['val_acc']:.4f}; metrics, curves and checkpoints "
+              f"in {workdir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jaxcnn import train
+
+    result = train.evaluate_workdir(args.workdir, args.data_dir)
+    print(f"{result['model']} best checkpoint (epoch {result['epoch']}, step {result['step']}): "
+          f"test_acc {result['test_acc']:.4f}  test_loss {result['test_loss']:.4f}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxcnn.models import REGISTRY
 
@@ -46,6 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--input-shape", type=_shape, metavar="N,H,W,C",
                          help="input shape, NHWC (default: 1 image at the book's size)")
     summary.set_defaults(run=cmd_summary)
+
+    train = commands.add_parser("train", help="train a model on Fashion-MNIST")
+    train.add_argument("model", help=f"one of: {', '.join(REGISTRY)}")
+    train.add_argument("--recipe", default="book", choices=("book", "improved"),
+                       help="the book's hyperparameters, or ours (default: book)")
+    train.add_argument("--epochs", type=_positive_int, help="default 10")
+    train.add_argument("--batch-size", type=_positive_int, help="default 128")
+    train.add_argument("--lr", type=_positive_float, help="default: the book's for the model")
+    train.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"))
+    train.add_argument("--image-size", type=_positive_int,
+                       help="input side (default: the book's, 28 / 224 / 96)")
+    train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument("--workdir", help="where metrics, curves and checkpoints go "
+                                         "(default runs/MODEL-RECIPE); resumed if it holds a run")
+    train.add_argument("--data-dir", help="directory of the Fashion-MNIST .gz files")
+    train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                       help="steps between mid-epoch checkpoints (default 500; 0: epochs only)")
+    train.add_argument("--force-new", action="store_true",
+                       help="discard the workdir's checkpoints and metrics and start over")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="test accuracy and loss of a run's best "
+                                                "checkpoint")
+    evaluate.add_argument("workdir")
+    evaluate.add_argument("--data-dir", help="directory of the Fashion-MNIST .gz files")
+    evaluate.set_defaults(run=cmd_eval)
     return parser
 
 

@@ -32,18 +32,32 @@ class Conv2D(nnx.Module):
 XAVIER = nnx.initializers.xavier_uniform()   # the book's init_cnn, for conv and dense kernels
 
 
+def torch_bias_init(fan_in: int):
+    """PyTorch's default bias initialisation, which the book's ``init_cnn`` keeps:
+    uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    bound = 1.0 / fan_in ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 def conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
          padding: int = 0, groups: int = 1, use_bias: bool = True, rngs: nnx.Rngs) -> nnx.Conv:
     """``nn.Conv2d`` as the book uses it: square kernel, symmetric zero padding, Xavier-uniform
-    kernel (HWIO), zero bias. ``groups`` is the number of groups."""
+    kernel (HWIO), PyTorch's default bias. ``groups`` is the number of groups."""
+    fan_in = in_channels // groups * kernel_size * kernel_size
     return nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size),
                     strides=stride, padding=padding, feature_group_count=groups,
-                    use_bias=use_bias, kernel_init=XAVIER, rngs=rngs)
+                    use_bias=use_bias, kernel_init=XAVIER, bias_init=torch_bias_init(fan_in),
+                    rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
-    """``nn.Linear`` with the book's Xavier-uniform kernel and a zero bias."""
-    return nnx.Linear(in_features, out_features, kernel_init=XAVIER, rngs=rngs)
+    """``nn.Linear`` with the book's Xavier-uniform kernel and PyTorch's default bias."""
+    return nnx.Linear(in_features, out_features, kernel_init=XAVIER,
+                      bias_init=torch_bias_init(in_features), rngs=rngs)
 
 
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -28,27 +28,28 @@ class ModelSpec:
     build: Callable[..., nnx.Module]   # build(num_classes, in_channels, image_size, rngs, **kw)
     image_size: int                    # the book's input side (Fashion-MNIST resized)
     min_image_size: int                # the smallest side the network can process
+    book_lr: float                     # the book's SGD learning rate for this model
     description: str
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "lenet": ModelSpec(
         lambda n, c, s, rngs, **kw: LeNet(n, in_channels=c, image_size=s, rngs=rngs, **kw),
-        28, lenet.MIN_IMAGE_SIZE, "LeNet-5 (d2l 7.6)"),
+        28, lenet.MIN_IMAGE_SIZE, 0.1, "LeNet-5 (d2l 7.6)"),
     "vgg": ModelSpec(
         lambda n, c, s, rngs, **kw: VGG(kw.pop("arch", vgg.SMALL_ARCH), n, in_channels=c,
                                         image_size=s, rngs=rngs, **kw),
-        224, vgg.MIN_IMAGE_SIZE, "VGG with the book's small arch (d2l 8.2.3)"),
+        224, vgg.MIN_IMAGE_SIZE, 0.01, "VGG with the book's small arch (d2l 8.2.3)"),
     "vgg11": ModelSpec(
         lambda n, c, s, rngs, **kw: VGG(kw.pop("arch", vgg.VGG11_ARCH), n, in_channels=c,
                                         image_size=s, rngs=rngs, **kw),
-        224, vgg.MIN_IMAGE_SIZE, "VGG-11 with full widths (d2l 8.2.2)"),
+        224, vgg.MIN_IMAGE_SIZE, 0.01, "VGG-11 with full widths (d2l 8.2.2)"),
     "resnet18": ModelSpec(
         lambda n, c, s, rngs, **kw: ResNet18(n, in_channels=c, rngs=rngs, **kw),
-        96, resnet.MIN_IMAGE_SIZE, "ResNet-18 (d2l 8.6.3)"),
+        96, resnet.MIN_IMAGE_SIZE, 0.01, "ResNet-18 (d2l 8.6.3)"),
     "resnext": ModelSpec(
         lambda n, c, s, rngs, **kw: ResNeXt(num_classes=n, in_channels=c, rngs=rngs, **kw),
-        96, resnet.MIN_IMAGE_SIZE, "ResNet-18's layout of ResNeXt blocks, 16 groups (d2l 8.6.5)"),
+        96, resnet.MIN_IMAGE_SIZE, 0.01, "ResNet-18's layout of ResNeXt blocks, 16 groups (d2l 8.6.5)"),
 }
 
 

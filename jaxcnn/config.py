@@ -1,0 +1,123 @@
+"""What to train: the run configuration and the recipes (the book's, and an improved one).
+
+A ``Config`` is plain data: it is written to ``WORKDIR/config.json`` and compared field by field
+when a run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxcnn import models
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+RECIPES = ("book", "improved")
+
+# Fields that may differ when a workdir is resumed: where things live, how often to save.
+RESUMABLE_FIELDS = ("data_dir", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run. ``lr`` and ``image_size`` of ``None`` mean the model's book values."""
+
+    model: str = "lenet"
+    recipe: str = "book"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9                # for optimizer "momentum"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0           # for schedule "warmup_cosine"
+    clip_norm: float | None = None       # clip the global gradient norm
+    label_smoothing: float = 0.0
+    augment: bool = False                # random crop (pad 2 at 28x28) and horizontal flip
+    image_size: int | None = None
+    seed: int = 0
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None          # where the Fashion-MNIST .gz files are (optional)
+    checkpoint_every: int = 500          # steps between mid-epoch checkpoints (0: epochs only)
+
+    def __post_init__(self) -> None:
+        models.spec(self.model)          # unknown model: ValueError listing the known ones
+        if self.lr is None:
+            object.__setattr__(self, "lr", models.spec(self.model).book_lr)
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", models.spec(self.model).image_size)
+        _choice("recipe", self.recipe, RECIPES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        for name in ("epochs", "batch_size", "image_size"):
+            _positive_int(name, getattr(self, name))
+        _non_negative_int("checkpoint_every", self.checkpoint_every)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def differences(self, other: "Config") -> list[str]:
+        """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
+                if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+# The improved recipes: what we change beyond the book, per model family.
+_IMPROVED_LENET = dict(optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine",
+                       model_overrides={"activation": "relu", "pool": "max"})
+_IMPROVED_CNN = dict(optimizer="momentum", lr=0.05, momentum=0.9, weight_decay=5e-4,
+                     schedule="warmup_cosine", warmup_epochs=1.0, augment=True,
+                     label_smoothing=0.1)
+IMPROVED = {"lenet": _IMPROVED_LENET}
+
+
+def recipe(model: str, name: str = "book", **overrides: Any) -> Config:
+    """The config of recipe ``name`` for ``model``, with ``overrides`` (``None`` values are
+    ignored, so command-line defaults pass through).
+
+    ``book``: SGD at the book's learning rate, batch 128, 10 epochs, the book's image size.
+    ``improved``: for LeNet, ReLU + max pooling + AdamW with a cosine schedule; for the others,
+    SGD with momentum, weight decay, warm-up + cosine, augmentation and label smoothing.
+    """
+    _choice("recipe", name, RECIPES)
+    values: dict[str, Any] = {"model": model, "recipe": name}
+    if name == "improved":
+        values.update(IMPROVED.get(model, _IMPROVED_CNN))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**values)

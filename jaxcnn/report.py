@@ -1,0 +1,62 @@
+"""What a run leaves for people: ``metrics.jsonl`` and ``curves.png``, rewritten atomically from
+the metric history after every epoch (so a resumed run never duplicates or loses a line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(file_object)`` into a temporary file, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def write_metrics(workdir: Path, history: Sequence[dict]) -> None:
+    """``WORKDIR/metrics.jsonl``: one JSON object per epoch."""
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(workdir / "metrics.jsonl", lambda f: f.write(text.encode()))
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(path: Path, history: Sequence[dict], title: str = "") -> None:
+    """The book's training curves: train and validation loss, validation accuracy, by epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train_loss")
+    ax.plot(epochs, [r["val_loss"] for r in history], "--", label="val_loss")
+    ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val_acc")
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0, max(epochs) if epochs else 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)

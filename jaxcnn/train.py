@@ -1,0 +1,288 @@
+"""Training: one pure jitted Optax step over state pytrees, exact evaluation, and ``fit``.
+
+The model is split once (``nnx.split``) into a static graph, its parameters, its BatchNorm
+statistics and the rest (constant). The train state is a plain dict pytree
+``{"params", "batch_stats", "opt_state", "step"}``; ``train_step(state, batch)`` contains the
+on-device resize/normalise (and augmentation), forward, cross-entropy, backward and the Optax
+update, and donates the old state's buffers. Randomness per step is
+``fold_in(key(seed), step)``, so a resumed run draws the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxcnn import data, models, report
+from jaxcnn.augment import random_crop_flip
+from jaxcnn.checkpoints import Checkpoints, abstract
+from jaxcnn.config import Config
+
+Batch = dict[str, Any]     # {"image": uint8 (B, 28, 28, 1), "label": int32 (B,), "mask": bool (B,)}
+State = dict[str, Any]     # {"params", "batch_stats", "opt_state", "step"}
+SYNC_EVERY = 50            # steps between reading the losses back to the host
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite."""
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD (the book's) or momentum / Adam / AdamW, with the configured schedule, coupled weight
+    decay (AdamW: decoupled) and optional global-norm clipping."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        lr: Any = cfg.lr
+    elif cfg.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.lr, total)
+    else:
+        warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total)
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+    if cfg.optimizer == "adamw":
+        parts.append(optax.adamw(lr, weight_decay=cfg.weight_decay))
+    else:
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append({"sgd": optax.sgd(lr), "adam": optax.adam(lr),
+                      "momentum": optax.sgd(lr, momentum=cfg.momentum)}[cfg.optimizer])
+    return optax.chain(*parts)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy, ``(B, K)``, ``(B,)`` -> ``(B,)``."""
+    if smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+        return optax.softmax_cross_entropy(logits, targets)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+class Trainer:
+    """The static parts of a run (graph, optimizer, image size, key) and its pure steps.
+
+    ``train_step(state, batch) -> (state, loss)`` and ``eval_step(state, batch) -> sums`` are
+    jitted; ``train_step_fn`` / ``eval_step_fn`` are the same functions unjitted.
+    ``train_step`` donates its input state: pass ``initial_state`` once, or a copy.
+    """
+
+    def __init__(self, cfg: Config, steps_per_epoch: int):
+        self.cfg = cfg
+        model = models.create(cfg.model, image_size=cfg.image_size, seed=cfg.seed,
+                              **cfg.model_overrides)
+        self.graphdef, params, batch_stats, self.constants = nnx.split(
+            model, nnx.Param, nnx.BatchStat, ...)
+        self.tx = make_optimizer(cfg, steps_per_epoch)
+        self.key = jax.random.fold_in(jax.random.key(cfg.seed), 1)   # 0 made the parameters
+        self.initial_state: State = {"params": params, "batch_stats": batch_stats,
+                                     "opt_state": self.tx.init(params),
+                                     "step": jnp.zeros((), jnp.int32)}
+        self.train_step = jax.jit(self.train_step_fn, donate_argnums=0)
+        self.eval_step = jax.jit(self.eval_step_fn)
+
+    def _model(self, state: State, train: bool) -> nnx.Module:
+        model = nnx.merge(self.graphdef, state["params"], state["batch_stats"], self.constants,
+                          copy=True)   # fresh Variables at the current trace level
+        model.train() if train else model.eval()
+        return model
+
+    def train_step_fn(self, state: State, batch: Batch) -> tuple[State, jax.Array]:
+        key_augment, key_dropout = jax.random.split(jax.random.fold_in(self.key, state["step"]))
+        images = batch["image"]
+        if self.cfg.augment:
+            images = random_crop_flip(images, key_augment)
+        images = data.preprocess(images, self.cfg.image_size)
+
+        model = self._model(state, train=True)
+
+        def loss_fn(model):
+            logits = model(images, rngs=nnx.Rngs(dropout=key_dropout))
+            return cross_entropy(logits, batch["label"], self.cfg.label_smoothing).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)     # BatchNorm updates land in model
+        batch_stats = nnx.state(model, nnx.BatchStat)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                "step": state["step"] + 1}, loss
+
+    def eval_step_fn(self, state: State, batch: Batch) -> dict[str, jax.Array]:
+        """Sums over the batch's real (mask True) examples: loss, correct predictions, count."""
+        logits = self._model(state, train=False)(data.preprocess(batch["image"],
+                                                                 self.cfg.image_size))
+        mask = batch["mask"]
+        losses = cross_entropy(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
+        return {"loss_sum": jnp.where(mask, losses, 0.0).sum(),
+                "correct": correct.sum(), "count": mask.sum()}
+
+    def evaluate(self, state: State, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) over every example exactly once, counted over the whole split."""
+        totals = None
+        for batch in data.batches(images, labels, self.cfg.batch_size, train=False):
+            sums = self.eval_step(state, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = jax.device_get(totals)
+        count = int(totals["count"])
+        if count != len(images):
+            raise AssertionError(f"evaluated {count} examples, expected {len(images)}")
+        return float(totals["loss_sum"]) / count, int(totals["correct"]) / count
+
+
+# ----------------------------------------------------------------------------------------------
+# The fit loop
+# ----------------------------------------------------------------------------------------------
+
+def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool) -> None:
+    """Create ``workdir``, refuse to resume an incompatible config, start over if asked."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"workdir {str(workdir)!r} is not writable: {error.strerror or error}")
+    config_path = workdir / "config.json"
+    if force_new:
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "curves.png", "config.json"):
+            (workdir / name).unlink(missing_ok=True)
+    elif config_path.exists() and (workdir / "checkpoints").exists():
+        saved = Config.from_dict(json.loads(config_path.read_text()))
+        differences = cfg.differences(saved)
+        if differences:
+            raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config "
+                             f"({'; '.join(differences)}); use another --workdir, or "
+                             f"--force-new to start over")
+    report.write_json(config_path, cfg.to_dict())
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
+                disable=not enabled, dynamic_ncols=True)
+
+
+def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
+        progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Train ``cfg`` on Fashion-MNIST, evaluating on all 10,000 test images after each epoch.
+
+    Leaves ``WORKDIR/metrics.jsonl``, ``curves.png``, ``config.json`` and Orbax checkpoints in
+    ``WORKDIR/checkpoints/{latest,best}``; resumes from the latest checkpoint when the workdir
+    holds one of the same config. ``progress`` (default: stderr is a terminal) shows a bar.
+    Returns the metric history, one dict per epoch.
+    """
+    workdir = Path(workdir)
+    _prepare_workdir(workdir, cfg, force_new)
+    train_images, train_labels = data.fashion_mnist("train", cfg.data_dir)
+    test_images, test_labels = data.fashion_mnist("test", cfg.data_dir)
+    steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
+    trainer = Trainer(cfg, steps_per_epoch)
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    progress = sys.stderr.isatty() if progress is None else progress
+
+    restored = checkpoints.restore(abstract(trainer.initial_state))
+    if restored is None:
+        state = trainer.initial_state
+        meta = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "history": [],
+                "best_val_acc": None}
+    else:
+        state, meta = restored
+        log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step {int(state['step'])}")
+    history = list(meta["history"])
+    report.write_metrics(workdir, history)
+
+    try:
+        for epoch in range(meta["epoch"], cfg.epochs):
+            resume_here = epoch == meta["epoch"]
+            first = meta["step_in_epoch"] if resume_here else 0
+            loss_sum = meta["loss_sum"] if resume_here else 0.0
+            start = time.perf_counter()
+            batches = data.batches(train_images, train_labels, cfg.batch_size, seed=cfg.seed,
+                                   epoch=epoch, train=True)
+            pending: list[jax.Array] = []
+            bar = _progress(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            for index, batch in enumerate(itertools.islice(batches, first, None), start=first):
+                state, loss = trainer.train_step(state, batch)
+                pending.append(loss)
+                done = index + 1
+                save_now = (cfg.checkpoint_every and int(state["step"]) % cfg.checkpoint_every == 0
+                            and done < steps_per_epoch)
+                if len(pending) == SYNC_EVERY or done == steps_per_epoch or save_now:
+                    losses = [float(v) for v in jax.device_get(pending)]
+                    for offset, value in enumerate(losses):
+                        if not math.isfinite(value):
+                            step = done - len(losses) + offset + epoch * steps_per_epoch + 1
+                            raise DivergenceError(_divergence_message(value, step, checkpoints))
+                        loss_sum += value
+                    rate = (done - first) * cfg.batch_size / (time.perf_counter() - start)
+                    bar.update(len(losses))
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
+                    pending = []
+                if save_now:
+                    checkpoints.save(int(state["step"]), state, {
+                        **meta, "epoch": epoch, "step_in_epoch": done, "loss_sum": loss_sum,
+                        "history": history})
+            bar.close()
+            train_seconds = time.perf_counter() - start
+            val_loss, val_acc = trainer.evaluate(state, test_images, test_labels)
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,
+                   "val_loss": val_loss, "val_acc": val_acc,
+                   "images_per_s": (steps_per_epoch - first) * cfg.batch_size / train_seconds,
+                   "seconds": time.perf_counter() - start}
+            history.append(row)
+            best = meta["best_val_acc"] is None or val_acc > meta["best_val_acc"]
+            meta = {"epoch": epoch + 1, "step_in_epoch": 0, "loss_sum": 0.0, "history": history,
+                    "best_val_acc": val_acc if best else meta["best_val_acc"]}
+            checkpoints.save(int(state["step"]), state, meta, best=best)
+            report.write_metrics(workdir, history)
+            report.plot_curves(workdir / "curves.png", history,
+                               f"{cfg.model}, {cfg.recipe} recipe, lr {cfg.lr}")
+            log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
+                f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
+                f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
+    finally:
+        checkpoints.close()
+    return history
+
+
+def _divergence_message(value: float, step: int, checkpoints: Checkpoints) -> str:
+    last = checkpoints.latest.latest_step()
+    where = (f"the last good checkpoint is step {last} in {checkpoints.directory / 'latest'}"
+             if last is not None else "no checkpoint was saved before it")
+    return (f"training diverged: the loss became {value} at step {step}; {where}. Run the same "
+            f"command with a lower --lr (and --force-new to start over, or resume as it is)")
+
+
+def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+    """Test loss and accuracy of the best checkpoint in ``workdir``."""
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{str(workdir)!r} holds no config.json: not a jaxcnn workdir")
+    cfg = Config.from_dict(json.loads(config_path.read_text()))
+    test_images, test_labels = data.fashion_mnist("test", data_dir or cfg.data_dir)
+    trainer = Trainer(cfg, data.num_batches(60_000, cfg.batch_size, train=True))
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        restored = checkpoints.restore(abstract(trainer.initial_state), which="best")
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"{str(workdir)!r} holds no checkpoint yet")
+    state, meta = restored
+    loss, acc = trainer.evaluate(state, test_images, test_labels)
+    return {"model": cfg.model, "epoch": meta["epoch"], "step": int(state["step"]),
+            "test_loss": loss, "test_acc": acc}

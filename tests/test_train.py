@@ -1,0 +1,190 @@
+"""jaxcnn.train: the pure jitted step, exact evaluation, fit's files, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import cli, config, data, report, train
+from jaxcnn.config import Config
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return data.fashion_mnist("train"), data.fashion_mnist("test")
+
+
+def fixed_batch(images, labels, size=64, seed=0):
+    return next(data.batches(images, labels, size, seed=seed, epoch=0, train=True))
+
+
+@pytest.mark.parametrize("name, size, lr", [("lenet", 28, 0.1), ("vgg", 32, 0.01),
+                                            ("resnet18", 32, 0.01), ("resnext", 32, 0.01)])
+def test_train_steps_lower_the_loss_on_a_fixed_batch(fmnist, name, size, lr):
+    (images, labels), _ = fmnist
+    trainer = train.Trainer(Config(model=name, image_size=size, lr=lr, batch_size=64), 100)
+    batch = fixed_batch(images, labels)
+    state = jax.tree.map(jnp.copy, trainer.initial_state)     # train_step donates its input
+    losses = []
+    for _ in range(6):
+        state, loss = trainer.train_step(state, batch)
+        losses.append(float(loss))
+    assert int(state["step"]) == 6 and all(np.isfinite(losses))
+    # The train-mode loss on the same batch falls (BatchNorm's running averages are still near
+    # their initial values after six steps, so eval-mode losses would not tell).
+    assert losses[-1] < losses[0], losses
+
+
+def test_train_step_compiles_once(fmnist):
+    (images, labels), _ = fmnist
+    trainer = train.Trainer(Config(model="lenet", batch_size=32), 100)
+    step = jax.jit(chex.assert_max_traces(trainer.train_step_fn, n=1), donate_argnums=0)
+    state = trainer.initial_state
+    for batch in list(data.batches(images[:320], labels[:320], 32, seed=0, epoch=0, train=True)):
+        state, _ = step(state, batch)
+    assert int(state["step"]) == 10
+
+
+def test_batchnorm_statistics_change_in_training_and_are_used_in_eval(fmnist):
+    (images, labels), _ = fmnist
+    trainer = train.Trainer(Config(model="resnet18", image_size=32, batch_size=32), 10)
+    batch = fixed_batch(images, labels, 32)
+    state0 = jax.tree.map(jnp.copy, trainer.initial_state)
+    state1, _ = trainer.train_step(jax.tree.map(jnp.copy, state0), batch)
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), state0["batch_stats"],
+                           state1["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    # Same parameters, different running statistics: eval results differ.
+    mixed = {**state1, "batch_stats": state0["batch_stats"]}
+    assert float(trainer.eval_step(state1, batch)["loss_sum"]) != pytest.approx(
+        float(trainer.eval_step(mixed, batch)["loss_sum"]))
+
+
+def test_evaluation_counts_every_test_image_once(fmnist):
+    (train_images, train_labels), (images, labels) = fmnist
+    cfg = config.recipe("lenet", "improved", batch_size=128)
+    trainer = train.Trainer(cfg, 100)
+    state = jax.tree.map(jnp.copy, trainer.initial_state)
+    for batch in data.batches(train_images[:2560], train_labels[:2560], 128, train=True):
+        state, _ = trainer.train_step(state, batch)
+    loss, acc = trainer.evaluate(state, images, labels)
+    # 10,000 / 128 leaves a padded last batch; the accuracy is a count over all 10,000.
+    logits = trainer._model(state, train=False)(data.preprocess(images, 28))
+    correct = int((jnp.argmax(logits, -1) == labels).sum())
+    assert 0.2 < acc < 0.99 and acc == correct / 10_000
+    big = train.Trainer(config.recipe("lenet", "improved", batch_size=1000), 100)
+    loss_big, acc_big = big.evaluate(state, images, labels)
+    assert acc == acc_big and loss == pytest.approx(loss_big, rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(optimizer="momentum", weight_decay=5e-4, schedule="cosine"),
+    dict(optimizer="adam", schedule="warmup_cosine", warmup_epochs=0.5, clip_norm=1.0),
+    dict(optimizer="adamw", weight_decay=1e-4, label_smoothing=0.1, augment=True),
+])
+def test_optimizer_options_train(fmnist, overrides):
+    (images, labels), _ = fmnist
+    cfg = Config(model="lenet", batch_size=64, lr=1e-3 if "adam" in overrides["optimizer"]
+                 else 0.1, **overrides)
+    trainer = train.Trainer(cfg, 10)
+    batch = fixed_batch(images, labels)
+    state = jax.tree.map(jnp.copy, trainer.initial_state)
+    before = float(trainer.eval_step(state, batch)["loss_sum"])
+    for _ in range(5):
+        state, _ = trainer.train_step(state, batch)
+    assert float(trainer.eval_step(state, batch)["loss_sum"]) < before
+
+
+def test_config_rejects_bad_values():
+    for bad, match in [(dict(epochs=0), "epochs must be a positive integer"),
+                       (dict(batch_size=-1), "batch_size must be a positive integer"),
+                       (dict(lr=0.0), "lr must be a positive number"),
+                       (dict(lr=float("nan")), "lr must be a positive number"),
+                       (dict(optimizer="rmsprop"), "optimizer must be one of"),
+                       (dict(model="alexnet"), "unknown model 'alexnet'"),
+                       (dict(image_size=0), "image_size must be a positive integer")]:
+        with pytest.raises(ValueError, match=match):
+            Config(**bad)
+
+
+def test_recipes_use_the_books_defaults():
+    assert [config.recipe(m).lr for m in ("lenet", "vgg", "resnet18")] == [0.1, 0.01, 0.01]
+    assert [config.recipe(m).image_size for m in ("lenet", "vgg", "resnet18")] == [28, 224, 96]
+    book = config.recipe("vgg")
+    assert (book.optimizer, book.batch_size, book.epochs) == ("sgd", 128, 10)
+    assert config.recipe("lenet", "improved").model_overrides == {"activation": "relu",
+                                                                  "pool": "max"}
+    assert config.recipe("lenet", lr=0.3, epochs=None).lr == 0.3
+
+
+# ----------------------------------------------------------------------------------------------
+# fit: files, resume, and a short real run
+# ----------------------------------------------------------------------------------------------
+
+class Interrupt(Exception):
+    pass
+
+
+def test_fit_writes_files_and_resumes_exactly(tmp_path):
+    cfg = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=0)
+    straight = train.fit(cfg, tmp_path / "straight", log=lambda s: None)
+
+    def stop_after_first_epoch(line):
+        if line.startswith("epoch 1/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.fit(cfg, tmp_path / "resumed", log=stop_after_first_epoch)
+    assert len(report.read_metrics(tmp_path / "resumed")) == 1
+    messages = []
+    resumed = train.fit(cfg, tmp_path / "resumed", log=messages.append)
+    assert messages[0].startswith("resuming") and "epoch 2" in messages[0]
+
+    for workdir in ("straight", "resumed"):
+        rows = report.read_metrics(tmp_path / workdir)
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert all(set(report.METRIC_FIELDS) <= set(r) for r in rows)
+        assert (tmp_path / workdir / "curves.png").stat().st_size > 10_000
+        assert json.loads((tmp_path / workdir / "config.json").read_text()) == cfg.to_dict()
+        assert (tmp_path / workdir / "checkpoints" / "latest").is_dir()
+        assert (tmp_path / workdir / "checkpoints" / "best").is_dir()
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert [r[key] for r in straight] == [r[key] for r in resumed]
+
+    a = train.evaluate_workdir(tmp_path / "straight")
+    b = train.evaluate_workdir(tmp_path / "resumed")
+    assert a == b and a["test_acc"] == max(r["val_acc"] for r in straight)
+
+
+def test_resuming_a_different_config_is_refused(tmp_path):
+    cfg = Config(model="lenet", epochs=1, batch_size=512, checkpoint_every=0)
+    train.fit(cfg, tmp_path, log=lambda s: None)
+    other = Config(model="lenet", epochs=1, batch_size=512, lr=0.3, checkpoint_every=0)
+    with pytest.raises(ValueError, match=r"different config \(lr: 0.1 != 0.3\).*--force-new"):
+        train.fit(other, tmp_path, log=lambda s: None)
+    history = train.fit(other, tmp_path, force_new=True, log=lambda s: None)
+    assert len(history) == 1 and json.loads((tmp_path / "config.json").read_text())["lr"] == 0.3
+
+
+def test_one_epoch_of_the_improved_lenet_reaches_080(tmp_path):
+    """A short real run on CPU: one epoch of ReLU + max pooling + AdamW (about 10 s)."""
+    cfg = config.recipe("lenet", "improved", epochs=1, checkpoint_every=0)
+    history = train.fit(cfg, tmp_path, log=lambda s: None)
+    assert history[0]["val_acc"] >= 0.80, history
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert cli.main(["train", "lenet", "--epochs", "1", "--batch-size", "512",
+                     "--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "final val_acc" in out
+    assert cli.main(["eval", workdir]) == 0
+    assert "test_acc" in capsys.readouterr().out
+    assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "not a jaxcnn workdir" in capsys.readouterr().err
