@@ -1,20 +1,22 @@
 """Orbax checkpoints of a run: ``latest`` (the last two saves, for resume) and ``best``.
 
 Each checkpoint holds the train state pytree (``StandardSave``: no pickle) and a JSON
-``meta`` (epoch, step within the epoch, the metric history). Orbax writes into a temporary
-directory and renames it when complete, so a kill mid-save leaves the previous checkpoint.
+``meta`` (epoch, step within the epoch, the metric history, and the SHA-256 of the state's
+bytes). Orbax writes into a temporary directory and renames it when complete, so a kill
+mid-save leaves the previous checkpoint; a checkpoint that fails to load or whose digest does
+not match is reported and the one before it is used.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -27,20 +29,34 @@ def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
-class Checkpoints:
-    """``WORKDIR/checkpoints/{latest,best}``; steps are global train steps."""
+def digest(tree: Any) -> str:
+    """SHA-256 over the bytes of every array in ``tree`` (in its flattening order)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
 
-    def __init__(self, directory: str | Path):
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class Checkpoints:
+    """``WORKDIR/checkpoints/{latest,best}``; steps are global train steps. ``warn`` receives
+    the report of each checkpoint skipped on restore."""
+
+    def __init__(self, directory: str | Path, warn: Callable[[str], None] = _warn):
         self.directory = Path(directory)
+        self.warn = warn
         self.latest = _manager(self.directory / "latest", keep=2)
         self.best = _manager(self.directory / "best", keep=1)
 
     def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
-        """Save ``state`` and ``meta`` as the latest checkpoint (and as the best one)."""
-        managers = (self.latest, self.best) if best else (self.latest,)
-        for manager in managers:
+        """Save ``state`` and ``meta`` as the latest checkpoint (the best one first, if so)."""
+        meta = {**meta, "digest": digest(state)}
+        for manager in (self.best, self.latest) if best else (self.latest,):
             if manager.latest_step() == step:
-                continue                        # already saved at this step (e.g. mid-epoch)
+                continue                        # already saved at this step
             manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        meta=ocp.args.JsonSave(meta)))
             manager.wait_until_finished()
@@ -55,10 +71,13 @@ class Checkpoints:
             try:
                 restored = manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                if restored.meta.get("digest") != digest(restored.state):
+                    raise CheckpointError("its arrays do not match the digest saved with them")
             except Exception as error:          # orbax raises many types for a damaged save
-                failures.append(f"step {step}: {type(error).__name__}: {error}")
-                log.warning("checkpoint %s/%s is unreadable (%s); trying an older one",
-                            which, step, error)
+                problem = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                failures.append(f"step {step}: {problem}")
+                self.warn(f"checkpoint {self.directory / which / str(step)} is unreadable "
+                          f"({problem}); trying an older one")
                 continue
             return restored.state, restored.meta
         if failures:

@@ -17,8 +17,9 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 RECIPES = ("book", "improved")
 
-# Fields that may differ when a workdir is resumed: where things live, how often to save.
-RESUMABLE_FIELDS = ("data_dir", "checkpoint_every")
+# Fields that may differ when a workdir is resumed: where things live, how often to save, and
+# the learning rate (lowering it is how a diverged run is rescued from its last checkpoint).
+RESUMABLE_FIELDS = ("data_dir", "checkpoint_every", "max_loss", "lr")
 
 
 @dataclass(frozen=True)
@@ -43,21 +44,28 @@ class Config:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None          # where the Fashion-MNIST .gz files are (optional)
     checkpoint_every: int = 500          # steps between mid-epoch checkpoints (0: epochs only)
+    max_loss: float = 1e3                # a loss above this (or non-finite) means divergence
 
     def __post_init__(self) -> None:
-        models.spec(self.model)          # unknown model: ValueError listing the known ones
+        spec = models.spec(self.model)   # unknown model: ValueError listing the known ones
         if self.lr is None:
-            object.__setattr__(self, "lr", models.spec(self.model).book_lr)
+            object.__setattr__(self, "lr", spec.book_lr)
         if self.image_size is None:
-            object.__setattr__(self, "image_size", models.spec(self.model).image_size)
+            object.__setattr__(self, "image_size", spec.image_size)
         _choice("recipe", self.recipe, RECIPES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("checkpoint_every", self.checkpoint_every)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.image_size < spec.min_image_size:
+            raise ValueError(f"image_size {self.image_size} is too small for {self.model}: it "
+                             f"needs at least {spec.min_image_size} (the book uses "
+                             f"{spec.image_size})")
+        for name in ("lr", "max_loss"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

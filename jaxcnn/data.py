@@ -269,6 +269,9 @@ def fashion_mnist(split: str, data_dir=None, *, tfds_data_dir=None):
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = _tfds_root(tfds_data_dir)
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise _error(MissingSourceError, list(_SHA256), f"the data directory {data_dir} does "
+                     "not exist", root / "downloads" / "manual")
     cache = cache_path(split, tfds_data_dir=root)
     if cache.is_file():
         with np.load(cache) as f:

@@ -36,7 +36,7 @@ SYNC_EVERY = 50            # steps between reading the losses back to the host
 
 
 class DivergenceError(RuntimeError):
-    """The training loss became non-finite."""
+    """The training loss became non-finite or exceeded ``Config.max_loss``."""
 
 
 def make_optimizer(cfg: Config, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -165,6 +165,8 @@ def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool) -> None:
             raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config "
                              f"({'; '.join(differences)}); use another --workdir, or "
                              f"--force-new to start over")
+    for leftover in workdir.glob(".*.tmp"):      # partial writes of a killed run
+        leftover.unlink()
     report.write_json(config_path, cfg.to_dict())
 
 
@@ -223,9 +225,10 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
                 if len(pending) == SYNC_EVERY or done == steps_per_epoch or save_now:
                     losses = [float(v) for v in jax.device_get(pending)]
                     for offset, value in enumerate(losses):
-                        if not math.isfinite(value):
+                        if not (math.isfinite(value) and value <= cfg.max_loss):
                             step = done - len(losses) + offset + epoch * steps_per_epoch + 1
-                            raise DivergenceError(_divergence_message(value, step, checkpoints))
+                            raise DivergenceError(_divergence_message(value, step, cfg,
+                                                                      checkpoints))
                         loss_sum += value
                     rate = (done - first) * cfg.batch_size / (time.perf_counter() - start)
                     bar.update(len(losses))
@@ -258,12 +261,13 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     return history
 
 
-def _divergence_message(value: float, step: int, checkpoints: Checkpoints) -> str:
+def _divergence_message(value: float, step: int, cfg: Config, checkpoints: Checkpoints) -> str:
     last = checkpoints.latest.latest_step()
     where = (f"the last good checkpoint is step {last} in {checkpoints.directory / 'latest'}"
              if last is not None else "no checkpoint was saved before it")
-    return (f"training diverged: the loss became {value} at step {step}; {where}. Run the same "
-            f"command with a lower --lr (and --force-new to start over, or resume as it is)")
+    return (f"training diverged: the loss became {value:.4g} at step {step} (non-finite or above "
+            f"max_loss {cfg.max_loss:g}); {where}. Lower --lr (now {cfg.lr:g}) and run again "
+            f"with --force-new, or resume as it is")
 
 
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[str, Any]:

@@ -372,3 +372,9 @@ def test_preprocess_scales_to_unit_range_and_resizes_under_jit(fmnist_test, size
     if size == 28:
         np.testing.assert_allclose(out, images.astype(np.float32) / 255, rtol=1e-6)
     assert out.mean() == pytest.approx(images.mean() / 255, abs=2e-3)
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_even_when_cached(tmp_path, tfds_dir,
+                                                                    fmnist_test):
+    with pytest.raises(data.MissingSourceError, match="data directory .*nowhere does not exist"):
+        data.fashion_mnist("test", tmp_path / "nowhere", tfds_data_dir=tfds_dir)

@@ -164,11 +164,14 @@ def test_fit_writes_files_and_resumes_exactly(tmp_path):
 def test_resuming_a_different_config_is_refused(tmp_path):
     cfg = Config(model="lenet", epochs=1, batch_size=512, checkpoint_every=0)
     train.fit(cfg, tmp_path, log=lambda s: None)
-    other = Config(model="lenet", epochs=1, batch_size=512, lr=0.3, checkpoint_every=0)
-    with pytest.raises(ValueError, match=r"different config \(lr: 0.1 != 0.3\).*--force-new"):
+    other = Config(model="lenet", epochs=1, batch_size=512, optimizer="momentum",
+                   checkpoint_every=0)
+    with pytest.raises(ValueError, match=r"different config \(optimizer: 'sgd' != 'momentum'\)"
+                                         r".*--force-new"):
         train.fit(other, tmp_path, log=lambda s: None)
     history = train.fit(other, tmp_path, force_new=True, log=lambda s: None)
-    assert len(history) == 1 and json.loads((tmp_path / "config.json").read_text())["lr"] == 0.3
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert len(history) == 1 and saved["optimizer"] == "momentum"
 
 
 def test_one_epoch_of_the_improved_lenet_reaches_080(tmp_path):

@@ -1,0 +1,215 @@
+"""Nothing lost on a kill, damaged checkpoints skipped, divergence stopped, bad input explained."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcnn import cli, data, report, train
+from jaxcnn.checkpoints import Checkpoints, abstract
+from jaxcnn.config import Config
+
+# Two epochs of LeNet at batch 256 (234 steps an epoch), a checkpoint every 40 steps.
+KILL_ARGS = ["train", "lenet", "--epochs", "2", "--batch-size", "256", "--checkpoint-every", "40"]
+KILL_CONFIG = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=40)
+COMPARED = ("epoch", "train_loss", "val_loss", "val_acc")
+
+
+def start(workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jaxcnn", *KILL_ARGS, "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0, poll: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"run ended before the kill point:\n{process.stdout.read()}"
+        assert time.monotonic() < deadline, "kill point not reached in time"
+        time.sleep(poll)
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def saving(workdir: Path) -> bool:
+    """An Orbax save in progress: a temporary checkpoint directory exists."""
+    return any("tmp" in p.name for sub in ("latest", "best")
+               for p in (workdir / "checkpoints" / sub).glob("*"))
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    return any(p.name.isdigit() for p in (workdir / "checkpoints" / "latest").glob("*"))
+
+
+def final_state(workdir: Path):
+    trainer = train.Trainer(KILL_CONFIG, data.num_batches(60_000, 256, train=True))
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        return checkpoints.restore(abstract(trainer.initial_state))
+    finally:
+        checkpoints.close()
+
+
+def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path):
+    reference = subprocess.run([sys.executable, "-m", "jaxcnn", *KILL_ARGS, "--workdir",
+                                str(tmp_path / "reference")], capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+
+    workdir = tmp_path / "killed"
+    rng = random.Random(20261128)
+    # 1: somewhere in the first epoch after a checkpoint exists.
+    process = start(workdir)
+    wait_for(lambda: has_checkpoint(workdir), process)
+    time.sleep(rng.uniform(0.0, 1.5))
+    kill(process)
+    # 2: inside a checkpoint save (Orbax's temporary directory is on disk).
+    process = start(workdir)
+    wait_for(lambda: saving(workdir), process, poll=0.0005)
+    kill(process)
+    # 3: once the first epoch's metrics are written (second epoch, its evaluation or a save).
+    process = start(workdir)
+    wait_for(lambda: (workdir / "metrics.jsonl").exists()
+             and len(report.read_metrics(workdir)) >= 1, process)
+    time.sleep(rng.uniform(0.0, 3.0))
+    kill(process)
+    # Resume to the end.
+    process = start(workdir)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "resuming" in output
+
+    want = [{k: r[k] for k in COMPARED} for r in report.read_metrics(tmp_path / "reference")]
+    got = [{k: r[k] for k in COMPARED} for r in report.read_metrics(workdir)]
+    assert got == want
+    (state_a, meta_a), (state_b, meta_b) = final_state(tmp_path / "reference"), final_state(workdir)
+    assert int(state_a["step"]) == int(state_b["step"]) == 2 * 234
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # bitwise
+    assert meta_a["digest"] == meta_b["digest"]
+
+
+def corrupt_arrays(step_dir: Path) -> None:
+    """Flip bytes in the middle of every array data file of one checkpoint."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.stat().st_size > 64
+             and "metadata" not in p.name]
+    assert files, list((step_dir / "state").rglob("*"))
+    for path in files:
+        raw = bytearray(path.read_bytes())
+        for i in range(len(raw) // 2, len(raw) // 2 + 16):
+            raw[i] ^= 0xFF
+        path.write_bytes(bytes(raw))
+
+
+def test_a_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
+    cfg = Config(model="lenet", epochs=1, batch_size=256, checkpoint_every=100)
+    straight = train.fit(cfg, tmp_path / "straight", log=lambda s: None)
+    workdir = tmp_path / "damaged"
+    train.fit(cfg, workdir, log=lambda s: None)
+    latest = workdir / "checkpoints" / "latest"
+    assert sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) == [200, 234]
+    corrupt_arrays(latest / "234")
+    # Resuming falls back to step 200 (mid-epoch) and redoes the rest of the epoch.
+    messages = []
+    resumed = train.fit(cfg, workdir, log=messages.append)
+    err = capsys.readouterr().err
+    assert "234 is unreadable" in err and "trying an older one" in err
+    assert "step 200" in messages[0]
+    assert [r["val_acc"] for r in resumed] == [r["val_acc"] for r in straight]
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
+
+
+def test_divergence_stops_with_the_step_and_stays_resumable(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert cli.main(["train", "lenet", "--lr", "1e6", "--epochs", "1", "--workdir", workdir]) == 3
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "at step" in err and "Lower --lr" in err
+    assert len(err.strip().splitlines()) == 1                 # one line, no traceback
+    # The same workdir, with a lower learning rate, trains on.
+    assert cli.main(["train", "lenet", "--lr", "0.1", "--epochs", "1", "--batch-size", "128",
+                     "--workdir", workdir]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line, the same message from the library
+# ----------------------------------------------------------------------------------------------
+
+def cli_error(capsys, *argv: str) -> str:
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "alexnetz"], "unknown model 'alexnetz'; known models: lenet"),
+    (["train", "lenet", "--epochs", "0"], "epochs must be a positive integer, got 0"),
+    (["train", "lenet", "--epochs", "-2"], "epochs must be a positive integer, got -2"),
+    (["train", "lenet", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    (["train", "lenet", "--lr", "0"], "lr must be a positive number, got 0.0"),
+    (["train", "lenet", "--lr", "-0.1"], "lr must be a positive number, got -0.1"),
+    (["train", "vgg", "--image-size", "16"], "image_size 16 is too small for vgg: it needs at "
+                                             "least 32"),
+    (["summary", "resnet9"], "unknown model 'resnet9'"),
+])
+def test_bad_arguments(capsys, argv, message):
+    assert message in cli_error(capsys, *argv)
+
+
+def test_library_raises_the_same_messages():
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        Config(model="lenet", epochs=0)
+    with pytest.raises(ValueError, match="image_size 16 is too small for vgg"):
+        Config(model="vgg", image_size=16)
+
+
+def test_unwritable_workdir(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = cli_error(capsys, "train", "lenet", "--workdir", str(blocker / "run"))
+    assert "is not writable" in err and "a-file/run" in err
+
+
+@pytest.fixture
+def fresh_tfds(tmp_path, monkeypatch):
+    """An empty tfds data dir, so the sources are read (not the prepared cache)."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    source = Path(os.environ.get(data.ENV_VAR, data.DEBIAN_DIR))
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    return copy
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    err = cli_error(capsys, "train", "lenet", "--data-dir", str(tmp_path / "nowhere"),
+                    "--workdir", str(tmp_path / "run"))
+    assert "nowhere does not exist" in err and "dataset-fashion-mnist" in err
+
+
+def test_incomplete_data_dir(fresh_tfds, tmp_path, capsys):
+    (fresh_tfds / "t10k-labels-idx1-ubyte.gz").unlink()
+    err = cli_error(capsys, "train", "lenet", "--data-dir", str(fresh_tfds),
+                    "--workdir", str(tmp_path / "run"))
+    assert "t10k-labels-idx1-ubyte.gz: not found in" in err
+
+
+def test_corrupt_data_dir(fresh_tfds, tmp_path, capsys):
+    path = fresh_tfds / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[5000] ^= 0x01
+    path.write_bytes(gzip.compress(bytes(raw)))
+    err = cli_error(capsys, "train", "lenet", "--data-dir", str(fresh_tfds),
+                    "--workdir", str(tmp_path / "run"))
+    assert "t10k-images-idx3-ubyte.gz" in err and "SHA-256" in err
