@@ -63,8 +63,10 @@ def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """``nnx.BatchNorm`` with PyTorch's defaults: running = 0.9 * running + 0.1 * batch
     (Flax's ``momentum=0.9``; Flax defaults to 0.99), eps 1e-5, statistics over all axes but the
-    last (N, H, W for NHWC)."""
-    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    last (N, H, W for NHWC). The variance is ``mean((x - mean)**2)``, not Flax's faster
+    ``mean(x**2) - mean**2``, which cancels badly for near-constant channels."""
+    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                         rngs=rngs)
 
 
 class MaxPool2d(nnx.Module):
@@ -92,3 +94,37 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 def flatten(x: jax.Array) -> jax.Array:
     """``nn.Flatten``: ``(N, ...) -> (N, prod(...))`` (NHWC order, so H, W, C)."""
     return x.reshape(x.shape[0], -1)
+
+
+class BatchNorm(nnx.Module):
+    """The book's from-scratch BatchNorm layer (d2l 8.5.2) on ``ops.batch_norm``; NHWC
+    ``(N, H, W, C)`` or dense ``(N, C)`` in, the same shape out, ``C = num_features``.
+
+    State as ``nnx.BatchNorm``'s: ``scale`` (ones) and ``bias`` (zeros) are ``nnx.Param``,
+    the moving ``mean`` (zeros) and ``var`` (ones) are ``nnx.BatchStat``. ``use_running_average``
+    (set by ``model.train()`` / ``model.eval()`` / ``nnx.view``, or passed to the call) picks the
+    moving averages instead of the batch statistics, which otherwise update the moving ones.
+    ``momentum`` is PyTorch's: 0.1 here equals ``nnx.BatchNorm(momentum=0.9)``.
+    """
+
+    def __init__(self, num_features: int, *, use_running_average: bool = False,
+                 momentum: float = 0.1, epsilon: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones((num_features,)))
+        self.bias = nnx.Param(jnp.zeros((num_features,)))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,)))
+        self.var = nnx.BatchStat(jnp.ones((num_features,)))
+        self.use_running_average = use_running_average
+        self.momentum, self.epsilon = momentum, epsilon
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        y, self.mean[...], self.var[...] = ops.batch_norm(
+            x, self.scale[...], self.bias[...], self.mean[...], self.var[...],
+            train=not use_running_average, eps=self.epsilon, momentum=self.momentum)
+        return y
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Used by ``nnx.view``, as ``nnx.BatchNorm.set_view``."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average

@@ -265,3 +265,42 @@ def avg_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
     window, strides, pads = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
     total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, pads)
     return total / (window[1] * window[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Batch normalization from scratch (d2l 8.5.2)
+# --------------------------------------------------------------------------------------------
+
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, moving_mean: jax.Array,
+               moving_var: jax.Array, *, train: bool, eps: float = 1e-5,
+               momentum: float = 0.1) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The book's ``batch_norm`` on NHWC ``(N, H, W, C)`` or dense ``(N, C)`` input.
+
+    Train: normalise with the batch's mean and (biased) variance over every axis but the
+    channels -- (0, 1, 2) for NHWC, 0 for dense -- and update the moving averages in PyTorch's
+    convention, ``moving = (1 - momentum) * moving + momentum * batch`` (Flax's
+    ``momentum`` is ``1 - momentum``). Eval: normalise with the moving averages, which come
+    back unchanged. ``scale``, ``bias`` and the moving statistics are ``(C,)``.
+    Returns ``(y, moving_mean, moving_var)``, ``y`` shaped as ``x``; the moving statistics
+    carry no gradient (the book's ``.data``).
+    """
+    x = jnp.asarray(x)
+    _require(x.ndim in (2, 4), f"batch_norm expects x in NHWC (N, H, W, C) or dense (N, C) "
+                               f"layout; got shape {x.shape}")
+    _require_float(x, "x", "batch_norm")
+    channels = (x.shape[-1],)
+    for name, value in (("scale", scale), ("bias", bias), ("moving_mean", moving_mean),
+                        ("moving_var", moving_var)):
+        _require(jnp.shape(value) == channels,
+                 f"batch_norm: {name} must have shape {channels} for x {x.shape}; "
+                 f"got {jnp.shape(value)}")
+    if train:
+        axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axis=axes)
+        var = ((x - mean) ** 2).mean(axis=axes)
+        moving_mean = lax.stop_gradient((1.0 - momentum) * moving_mean + momentum * mean)
+        moving_var = lax.stop_gradient((1.0 - momentum) * moving_var + momentum * var)
+    else:
+        mean, var = moving_mean, moving_var
+    y = scale * (x - mean) / jnp.sqrt(var + eps) + bias
+    return y, moving_mean, moving_var

@@ -171,8 +171,8 @@ def test_split_merge_apply_from_plain_jax():
 # ----------------------------------------------------------------------------------------------
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model 'alexnet'.*lenet, vgg, vgg11, resnet18"):
-        models.create("alexnet")
+    with pytest.raises(ValueError, match="unknown model 'resnet9'.*lenet, vgg, vgg11, resnet18"):
+        models.create("resnet9")
 
 
 @pytest.mark.parametrize("name", ["lenet", "vgg"])
@@ -193,7 +193,9 @@ def test_registry_rejects_bad_sizes(field, value):
 
 def test_default_image_sizes_are_the_books():
     sizes = {name: models.spec(name).image_size for name in models.REGISTRY}
-    assert sizes == {"lenet": 28, "vgg": 224, "vgg11": 224, "resnet18": 96, "resnext": 96}
+    assert sizes == {"lenet": 28, "vgg": 224, "vgg11": 224, "resnet18": 96, "resnext": 96,
+                     "alexnet": 224, "nin": 224, "googlenet": 96, "bn_lenet_scratch": 28,
+                     "bn_lenet": 28, "densenet": 96, "regnetx32": 96}
 
 
 def test_same_seed_same_parameters():

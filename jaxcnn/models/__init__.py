@@ -12,13 +12,21 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from jaxcnn.models import lenet, resnet, vgg
+from jaxcnn.models import alexnet, bn_lenet, densenet, googlenet, lenet, nin, regnet, resnet, vgg
+from jaxcnn.models.alexnet import AlexNet
+from jaxcnn.models.bn_lenet import BNLeNet, BNLeNetScratch
+from jaxcnn.models.densenet import DenseBlock, DenseNet, conv_block, transition_block
+from jaxcnn.models.googlenet import GoogLeNet, Inception
 from jaxcnn.models.lenet import LeNet
+from jaxcnn.models.nin import NiN, nin_block
+from jaxcnn.models.regnet import AnyNet, RegNetX32
 from jaxcnn.models.resnet import ResNet, ResNet18, ResNeXt, ResNeXtBlock, Residual
 from jaxcnn.models.vgg import VGG, vgg_block
 
 __all__ = ["LeNet", "VGG", "vgg_block", "ResNet", "ResNet18", "ResNeXt", "Residual",
-           "ResNeXtBlock", "ModelSpec", "REGISTRY", "create", "spec"]
+           "ResNeXtBlock", "AlexNet", "NiN", "nin_block", "GoogLeNet", "Inception", "BNLeNet",
+           "BNLeNetScratch", "DenseNet", "DenseBlock", "conv_block", "transition_block",
+           "AnyNet", "RegNetX32", "ModelSpec", "REGISTRY", "create", "spec"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,28 @@ REGISTRY: dict[str, ModelSpec] = {
     "resnext": ModelSpec(
         lambda n, c, s, rngs, **kw: ResNeXt(num_classes=n, in_channels=c, rngs=rngs, **kw),
         96, resnet.MIN_IMAGE_SIZE, 0.01, "ResNet-18's layout of ResNeXt blocks, 16 groups (d2l 8.6.5)"),
+    "alexnet": ModelSpec(
+        lambda n, c, s, rngs, **kw: AlexNet(n, in_channels=c, image_size=s, rngs=rngs, **kw),
+        224, alexnet.MIN_IMAGE_SIZE, 0.01, "AlexNet (d2l 8.1)"),
+    "nin": ModelSpec(
+        lambda n, c, s, rngs, **kw: NiN(n, in_channels=c, rngs=rngs, **kw),
+        224, nin.MIN_IMAGE_SIZE, 0.05, "Network in Network (d2l 8.3)"),
+    "googlenet": ModelSpec(
+        lambda n, c, s, rngs, **kw: GoogLeNet(n, in_channels=c, rngs=rngs, **kw),
+        96, googlenet.MIN_IMAGE_SIZE, 0.01, "GoogLeNet (d2l 8.4)"),
+    "bn_lenet_scratch": ModelSpec(
+        lambda n, c, s, rngs, **kw: BNLeNetScratch(n, in_channels=c, image_size=s, rngs=rngs,
+                                                   **kw),
+        28, bn_lenet.MIN_IMAGE_SIZE, 0.1, "LeNet with BatchNorm from scratch (d2l 8.5.2)"),
+    "bn_lenet": ModelSpec(
+        lambda n, c, s, rngs, **kw: BNLeNet(n, in_channels=c, image_size=s, rngs=rngs, **kw),
+        28, bn_lenet.MIN_IMAGE_SIZE, 0.1, "LeNet with nnx.BatchNorm (d2l 8.5.3)"),
+    "densenet": ModelSpec(
+        lambda n, c, s, rngs, **kw: DenseNet(num_classes=n, in_channels=c, rngs=rngs, **kw),
+        96, densenet.MIN_IMAGE_SIZE, 0.01, "DenseNet, 4 dense blocks of 4 convs (d2l 8.7)"),
+    "regnetx32": ModelSpec(
+        lambda n, c, s, rngs, **kw: RegNetX32(n, in_channels=c, rngs=rngs, **kw),
+        96, regnet.MIN_IMAGE_SIZE, 0.05, "RegNetX-32: AnyNet with the book's settings (d2l 8.8)"),
 }
 
 
@@ -64,8 +94,9 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
            image_size: int | None = None, seed: int = 0, **overrides: Any) -> nnx.Module:
     """Build model ``name`` for ``(N, image_size, image_size, in_channels)`` inputs.
 
-    ``image_size`` defaults to the book's (LeNet 28, VGG 224, ResNet 96); ``overrides`` go to
-    the model's constructor (e.g. ``arch=...``). Parameters come from ``nnx.Rngs(seed)``.
+    ``image_size`` defaults to the book's (the LeNets 28, AlexNet, VGG and NiN 224, the others
+    96); ``overrides`` go to the model's constructor (e.g. ``arch=...``). Parameters come from
+    ``nnx.Rngs(seed)``.
     """
     entry = spec(name)
     image_size = entry.image_size if image_size is None else image_size

@@ -1,0 +1,20 @@
+"""d2l 8.1 -- AlexNet on Fashion-MNIST resized to 224, the book's recipe (SGD, lr 0.01, batch 128,
+10 epochs).
+
+Run (from the repository root):
+
+    python experiments/alexnet.py [--workdir runs/alexnet-book] [other `jaxcnn train` flags]
+
+the same as ``jaxcnn summary alexnet && jaxcnn train alexnet --recipe book``. Expected runtime
+(estimated from a few timed steps and the multiply-adds, not a full run): many hours on 2 CPU cores
+(about an hour an epoch; a reduced run: ``--epochs 1``); on one H100/H200-class GPU about 2-3
+minutes. Results in experiments/RESULTS.md.
+"""
+
+import sys
+
+from jaxcnn import cli
+
+if __name__ == "__main__":
+    cli.main(["summary", "alexnet"])
+    raise SystemExit(cli.main(["train", "alexnet", "--recipe", "book", *sys.argv[1:]]))
