@@ -30,10 +30,12 @@ def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def digest(tree: Any) -> str:
-    """SHA-256 over the bytes of every array in ``tree`` (in its flattening order)."""
+    """SHA-256 over the bytes of every array in ``tree`` (in its flattening order; for a
+    replicated array, of this process's copy)."""
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
-        h.update(np.ascontiguousarray(leaf).tobytes())
+    for leaf in jax.tree.leaves(tree):
+        value = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        h.update(np.ascontiguousarray(value).tobytes())
     return h.hexdigest()
 
 

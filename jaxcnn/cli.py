@@ -34,17 +34,23 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxcnn import config, train
+    import jax
 
+    from jaxcnn import config, parallel, train
+
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     cfg = config.recipe(args.model, args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, optimizer=args.optimizer, image_size=args.image_size,
                         seed=args.seed, data_dir=args.data_dir,
-                        checkpoint_every=args.checkpoint_every)
+                        checkpoint_every=args.checkpoint_every, devices=args.devices)
     workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
-    print(f"training {cfg.model} ({cfg.recipe} recipe: {cfg.optimizer}, lr {cfg.lr}, batch "
-          f"{cfg.batch_size}, {cfg.epochs} epochs, {cfg.image_size}x{cfg.image_size}) in {workdir}")
+    main = jax.process_index() == 0
+    if main:
+        print(f"training {cfg.model} ({cfg.recipe} recipe: {cfg.optimizer}, lr {cfg.lr}, batch "
+              f"{cfg.batch_size}, {cfg.epochs} epochs, {cfg.image_size}x{cfg.image_size}) in "
+              f"{workdir}")
     history = train.fit(cfg, workdir, force_new=args.force_new)
-    if history:
+    if history and main:
         print(f"final val_acc {history[-1]['val_acc']:.4f}; metrics, curves and checkpoints "
               f"in {workdir}")
     return 0
@@ -91,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps between mid-epoch checkpoints (default 500; 0: epochs only)")
     train.add_argument("--force-new", action="store_true",
                        help="discard the workdir's checkpoints and metrics and start over")
+    train.add_argument("--devices", type=int, metavar="N",
+                       help="local devices per process for data parallelism (default: all)")
+    multihost = train.add_argument_group(
+        "multi-host", "join a jax.distributed run (or set JAX_COORDINATOR_ADDRESS, "
+                      "JAX_NUM_PROCESSES, JAX_PROCESS_ID; --num-processes -1 lets JAX detect "
+                      "SLURM)")
+    multihost.add_argument("--coordinator", metavar="HOST:PORT",
+                           help="address of process 0's coordinator")
+    multihost.add_argument("--num-processes", type=int)
+    multihost.add_argument("--process-id", type=int)
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a run's best "

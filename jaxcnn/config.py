@@ -17,9 +17,10 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 RECIPES = ("book", "improved")
 
-# Fields that may differ when a workdir is resumed: where things live, how often to save, and
-# the learning rate (lowering it is how a diverged run is rescued from its last checkpoint).
-RESUMABLE_FIELDS = ("data_dir", "checkpoint_every", "max_loss", "lr")
+# Fields that may differ when a workdir is resumed: where things live, how often to save, how
+# many devices, and the learning rate (lowering it rescues a diverged run from its last
+# checkpoint).
+RESUMABLE_FIELDS = ("data_dir", "checkpoint_every", "max_loss", "lr", "devices")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Config:
     data_dir: str | None = None          # where the Fashion-MNIST .gz files are (optional)
     checkpoint_every: int = 500          # steps between mid-epoch checkpoints (0: epochs only)
     max_loss: float = 1e3                # a loss above this (or non-finite) means divergence
+    devices: int | None = None           # local devices per process (None: all)
 
     def __post_init__(self) -> None:
         spec = models.spec(self.model)   # unknown model: ValueError listing the known ones
@@ -58,6 +60,8 @@ class Config:
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("checkpoint_every", self.checkpoint_every)
+        if self.devices is not None:
+            _positive_int("devices", self.devices)
         if self.image_size < spec.min_image_size:
             raise ValueError(f"image_size {self.image_size} is too small for {self.model}: it "
                              f"needs at least {spec.min_image_size} (the book uses "

@@ -25,7 +25,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxcnn import data, models, report
+from jax.experimental import multihost_utils
+
+from jaxcnn import data, models, parallel, report
 from jaxcnn.augment import random_crop_flip
 from jaxcnn.checkpoints import Checkpoints, abstract
 from jaxcnn.config import Config
@@ -70,26 +72,40 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
 
 
 class Trainer:
-    """The static parts of a run (graph, optimizer, image size, key) and its pure steps.
+    """The static parts of a run (graph, optimizer, image size, key, device mesh) and its pure
+    steps.
 
-    ``train_step(state, batch) -> (state, loss)`` and ``eval_step(state, batch) -> sums`` are
-    jitted; ``train_step_fn`` / ``eval_step_fn`` are the same functions unjitted.
-    ``train_step`` donates its input state: pass ``initial_state`` once, or a copy.
+    ``train_step(state, batch) -> (state, loss)`` and ``eval_step(state, batch) -> sums`` run
+    the jitted steps on a host batch sharded over ``mesh`` (default: ``cfg.devices`` local
+    devices of every process); the state stays replicated. ``train_step_fn`` /
+    ``eval_step_fn`` are the pure functions unjitted. ``train_step`` donates its input state:
+    pass ``initial_state`` once, or a copy.
     """
 
-    def __init__(self, cfg: Config, steps_per_epoch: int):
+    def __init__(self, cfg: Config, steps_per_epoch: int, mesh: jax.sharding.Mesh | None = None):
         self.cfg = cfg
+        self.mesh = parallel.make_mesh(cfg.devices) if mesh is None else mesh
+        parallel.check_batch_size(cfg.batch_size, self.mesh)
         model = models.create(cfg.model, image_size=cfg.image_size, seed=cfg.seed,
                               **cfg.model_overrides)
         self.graphdef, params, batch_stats, self.constants = nnx.split(
             model, nnx.Param, nnx.BatchStat, ...)
         self.tx = make_optimizer(cfg, steps_per_epoch)
         self.key = jax.random.fold_in(jax.random.key(cfg.seed), 1)   # 0 made the parameters
-        self.initial_state: State = {"params": params, "batch_stats": batch_stats,
-                                     "opt_state": self.tx.init(params),
-                                     "step": jnp.zeros((), jnp.int32)}
-        self.train_step = jax.jit(self.train_step_fn, donate_argnums=0)
-        self.eval_step = jax.jit(self.eval_step_fn)
+        self.initial_state: State = parallel.replicate(
+            {"params": params, "batch_stats": batch_stats, "opt_state": self.tx.init(params),
+             "step": jnp.zeros((), jnp.int32)}, self.mesh)
+        replicated = parallel.replicated(self.mesh)
+        self._train_step = jax.jit(self.train_step_fn, donate_argnums=0,
+                                   out_shardings=replicated)
+        self._eval_step = jax.jit(self.eval_step_fn, out_shardings=replicated)
+
+    def train_step(self, state: State, batch: Batch) -> tuple[State, jax.Array]:
+        """One jitted step on a host batch (the global batch; sharded over the mesh here)."""
+        return self._train_step(state, parallel.shard_batch(batch, self.mesh))
+
+    def eval_step(self, state: State, batch: Batch) -> dict[str, jax.Array]:
+        return self._eval_step(state, parallel.shard_batch(batch, self.mesh))
 
     def _model(self, state: State, train: bool) -> nnx.Module:
         model = nnx.merge(self.graphdef, state["params"], state["batch_stats"], self.constants,
@@ -133,7 +149,7 @@ class Trainer:
         for batch in data.batches(images, labels, self.cfg.batch_size, train=False):
             sums = self.eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        totals = jax.device_get(totals)
+        totals = jax.tree.map(parallel.to_host, totals)
         count = int(totals["count"])
         if count != len(images):
             raise AssertionError(f"evaluated {count} examples, expected {len(images)}")
@@ -144,30 +160,34 @@ class Trainer:
 # The fit loop
 # ----------------------------------------------------------------------------------------------
 
-def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool) -> None:
-    """Create ``workdir``, refuse to resume an incompatible config, start over if asked."""
+def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool, main: bool) -> None:
+    """Create ``workdir``, refuse to resume an incompatible config, start over if asked. Only
+    the main process writes; the others wait for it."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
+        probe = workdir / f".write-test-{jax.process_index()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise OSError(f"workdir {str(workdir)!r} is not writable: {error.strerror or error}")
     config_path = workdir / "config.json"
-    if force_new:
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-        for name in ("metrics.jsonl", "curves.png", "config.json"):
-            (workdir / name).unlink(missing_ok=True)
-    elif config_path.exists() and (workdir / "checkpoints").exists():
+    if not force_new and config_path.exists() and (workdir / "checkpoints").exists():
         saved = Config.from_dict(json.loads(config_path.read_text()))
         differences = cfg.differences(saved)
         if differences:
             raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config "
                              f"({'; '.join(differences)}); use another --workdir, or "
                              f"--force-new to start over")
-    for leftover in workdir.glob(".*.tmp"):      # partial writes of a killed run
-        leftover.unlink()
-    report.write_json(config_path, cfg.to_dict())
+    if main:
+        if force_new:
+            shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+            for name in ("metrics.jsonl", "curves.png", "config.json"):
+                (workdir / name).unlink(missing_ok=True)
+        for leftover in workdir.glob(".*.tmp"):      # partial writes of a killed run
+            leftover.unlink()
+        report.write_json(config_path, cfg.to_dict())
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxcnn: workdir prepared")
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -184,16 +204,19 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     Leaves ``WORKDIR/metrics.jsonl``, ``curves.png``, ``config.json`` and Orbax checkpoints in
     ``WORKDIR/checkpoints/{latest,best}``; resumes from the latest checkpoint when the workdir
     holds one of the same config. ``progress`` (default: stderr is a terminal) shows a bar.
-    Returns the metric history, one dict per epoch.
+    In a multi-process run every process calls ``fit``; only process 0 logs and writes files
+    (Orbax coordinates the checkpoints). Returns the metric history, one dict per epoch.
     """
     workdir = Path(workdir)
-    _prepare_workdir(workdir, cfg, force_new)
+    main = jax.process_index() == 0
+    log = log if main else (lambda message: None)
+    _prepare_workdir(workdir, cfg, force_new, main)
     train_images, train_labels = data.fashion_mnist("train", cfg.data_dir)
     test_images, test_labels = data.fashion_mnist("test", cfg.data_dir)
     steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
     trainer = Trainer(cfg, steps_per_epoch)
     checkpoints = Checkpoints(workdir / "checkpoints")
-    progress = sys.stderr.isatty() if progress is None else progress
+    progress = main and (sys.stderr.isatty() if progress is None else progress)
 
     restored = checkpoints.restore(abstract(trainer.initial_state))
     if restored is None:
@@ -202,9 +225,11 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
                 "best_val_acc": None}
     else:
         state, meta = restored
-        log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step {int(state['step'])}")
+        log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step "
+            f"{meta['epoch'] * steps_per_epoch + meta['step_in_epoch']}")
     history = list(meta["history"])
-    report.write_metrics(workdir, history)
+    if main:
+        report.write_metrics(workdir, history)
 
     try:
         for epoch in range(meta["epoch"], cfg.epochs):
@@ -220,22 +245,22 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
                 state, loss = trainer.train_step(state, batch)
                 pending.append(loss)
                 done = index + 1
-                save_now = (cfg.checkpoint_every and int(state["step"]) % cfg.checkpoint_every == 0
+                step = epoch * steps_per_epoch + done
+                save_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                             and done < steps_per_epoch)
                 if len(pending) == SYNC_EVERY or done == steps_per_epoch or save_now:
-                    losses = [float(v) for v in jax.device_get(pending)]
+                    losses = [float(parallel.to_host(v)) for v in pending]
                     for offset, value in enumerate(losses):
                         if not (math.isfinite(value) and value <= cfg.max_loss):
-                            step = done - len(losses) + offset + epoch * steps_per_epoch + 1
-                            raise DivergenceError(_divergence_message(value, step, cfg,
-                                                                      checkpoints))
+                            raise DivergenceError(_divergence_message(
+                                value, step - len(losses) + offset + 1, cfg, checkpoints))
                         loss_sum += value
                     rate = (done - first) * cfg.batch_size / (time.perf_counter() - start)
                     bar.update(len(losses))
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
                     pending = []
                 if save_now:
-                    checkpoints.save(int(state["step"]), state, {
+                    checkpoints.save(step, state, {
                         **meta, "epoch": epoch, "step_in_epoch": done, "loss_sum": loss_sum,
                         "history": history})
             bar.close()
@@ -249,10 +274,11 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
             best = meta["best_val_acc"] is None or val_acc > meta["best_val_acc"]
             meta = {"epoch": epoch + 1, "step_in_epoch": 0, "loss_sum": 0.0, "history": history,
                     "best_val_acc": val_acc if best else meta["best_val_acc"]}
-            checkpoints.save(int(state["step"]), state, meta, best=best)
-            report.write_metrics(workdir, history)
-            report.plot_curves(workdir / "curves.png", history,
-                               f"{cfg.model}, {cfg.recipe} recipe, lr {cfg.lr}")
+            checkpoints.save((epoch + 1) * steps_per_epoch, state, meta, best=best)
+            if main:
+                report.write_metrics(workdir, history)
+                report.plot_curves(workdir / "curves.png", history,
+                                   f"{cfg.model}, {cfg.recipe} recipe, lr {cfg.lr}")
             log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
                 f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
                 f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
@@ -266,8 +292,8 @@ def _divergence_message(value: float, step: int, cfg: Config, checkpoints: Check
     where = (f"the last good checkpoint is step {last} in {checkpoints.directory / 'latest'}"
              if last is not None else "no checkpoint was saved before it")
     return (f"training diverged: the loss became {value:.4g} at step {step} (non-finite or above "
-            f"max_loss {cfg.max_loss:g}); {where}. Lower --lr (now {cfg.lr:g}) and run again "
-            f"with --force-new, or resume as it is")
+            f"max_loss {cfg.max_loss:g}); {where}. Run the same command with a lower --lr "
+            f"(now {cfg.lr:g}): it resumes from there (--force-new starts over)")
 
 
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
@@ -288,5 +314,5 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[s
         raise FileNotFoundError(f"{str(workdir)!r} holds no checkpoint yet")
     state, meta = restored
     loss, acc = trainer.evaluate(state, test_images, test_labels)
-    return {"model": cfg.model, "epoch": meta["epoch"], "step": int(state["step"]),
+    return {"model": cfg.model, "epoch": meta["epoch"], "step": int(parallel.to_host(state["step"])),
             "test_loss": loss, "test_acc": acc}

@@ -135,7 +135,7 @@ def test_divergence_stops_with_the_step_and_stays_resumable(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert cli.main(["train", "lenet", "--lr", "1e6", "--epochs", "1", "--workdir", workdir]) == 3
     err = capsys.readouterr().err
-    assert "training diverged" in err and "at step" in err and "Lower --lr" in err
+    assert "training diverged" in err and "at step" in err and "with a lower --lr" in err
     assert len(err.strip().splitlines()) == 1                 # one line, no traceback
     # The same workdir, with a lower learning rate, trains on.
     assert cli.main(["train", "lenet", "--lr", "0.1", "--epochs", "1", "--batch-size", "128",

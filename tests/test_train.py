@@ -106,7 +106,7 @@ def test_config_rejects_bad_values():
                        (dict(lr=0.0), "lr must be a positive number"),
                        (dict(lr=float("nan")), "lr must be a positive number"),
                        (dict(optimizer="rmsprop"), "optimizer must be one of"),
-                       (dict(model="alexnet"), "unknown model 'alexnet'"),
+                       (dict(model="resnet9"), "unknown model 'resnet9'"),
                        (dict(image_size=0), "image_size must be a positive integer")]:
         with pytest.raises(ValueError, match=match):
             Config(**bad)

@@ -1,0 +1,110 @@
+"""Data parallelism with ``jax.sharding``: one mesh axis ``data`` over the devices of every process.
+
+Batches are sharded along ``data``; parameters, optimizer state and BatchNorm statistics are
+replicated; the train step stays one ``jax.jit`` function and XLA inserts the collectives (so
+BatchNorm averages over the global batch, exactly as on one device). Several processes (hosts)
+join through ``jax.distributed``; each reads only its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "data"
+ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, heartbeat_timeout_s: int = 30) -> bool:
+    """Join a multi-process run when one is described, by arguments or by the environment
+    variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` (or a
+    cluster JAX detects by itself, such as SLURM, with ``num_processes`` given as -1).
+
+    On CPU the cross-process collectives use gloo. A process whose peer stops answering fails
+    after about ``heartbeat_timeout_s`` seconds instead of waiting forever. Returns whether a
+    distributed runtime was started. Call before any other JAX work.
+    """
+    coordinator = coordinator or os.environ.get(ENV[0])
+    if num_processes is None and os.environ.get(ENV[1]):
+        num_processes = int(os.environ[ENV[1]])
+    if process_id is None and os.environ.get(ENV[2]):
+        process_id = int(os.environ[ENV[2]])
+    if coordinator is None and num_processes is None:
+        return False
+    if num_processes == -1:                       # let JAX detect the cluster (e.g. SLURM)
+        coordinator = num_processes = process_id = None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, Any] = {}
+    if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
+        kwargs["heartbeat_timeout_seconds"] = heartbeat_timeout_s
+    jax.distributed.initialize(coordinator, num_processes, process_id, **kwargs)
+    return True
+
+
+def make_mesh(devices: int | None = None) -> Mesh:
+    """A 1-D mesh ``("data",)`` over the first ``devices`` local devices of every process
+    (default: all of them)."""
+    local = jax.local_devices()
+    if devices is None:
+        devices = len(local)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be a positive integer, got {devices!r}")
+    if devices > len(local):
+        raise ValueError(f"--devices {devices} asked for, but this process has {len(local)} "
+                         f"{local[0].platform} device(s): {', '.join(str(d) for d in local)}")
+    by_process: dict[int, list[jax.Device]] = {}
+    for device in jax.devices():
+        by_process.setdefault(device.process_index, []).append(device)
+    chosen = [d for p in sorted(by_process) for d in by_process[p][:devices]]
+    return Mesh(np.array(chosen), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    if batch_size % mesh.size:
+        raise ValueError(f"the global batch size {batch_size} must divide evenly over the "
+                         f"{mesh.size} devices of the mesh; use a multiple of {mesh.size}")
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array of ``tree`` (the same on all processes) as a replicated global array."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, tree)
+
+
+def process_slice(batch_size: int) -> slice:
+    """The rows of each global batch this process reads: its contiguous share."""
+    share = batch_size // jax.process_count()
+    return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """A global batch (``(B, ...)`` host arrays, identical on every process) as arrays sharded
+    along their first axis; each process contributes only its own rows."""
+    sharding = batch_sharding(mesh)
+    rows = process_slice(len(next(iter(batch.values()))))
+    return {key: jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+            for key, value in batch.items()}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A replicated (or single-device) array's value, readable on every process."""
+    return np.asarray(x.addressable_data(0))
