@@ -43,6 +43,7 @@ class Config:
     image_size: int | None = None
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_examples: int | None = None    # train on the first N examples only (reduced runs)
     data_dir: str | None = None          # where the Fashion-MNIST .gz files are (optional)
     checkpoint_every: int = 500          # steps between mid-epoch checkpoints (0: epochs only)
     max_loss: float = 1e3                # a loss above this (or non-finite) means divergence
@@ -60,8 +61,9 @@ class Config:
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("checkpoint_every", self.checkpoint_every)
-        if self.devices is not None:
-            _positive_int("devices", self.devices)
+        for name in ("devices", "train_examples"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.image_size < spec.min_image_size:
             raise ValueError(f"image_size {self.image_size} is too small for {self.model}: it "
                              f"needs at least {spec.min_image_size} (the book uses "
@@ -116,7 +118,7 @@ _IMPROVED_LENET = dict(optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="
 _IMPROVED_CNN = dict(optimizer="momentum", lr=0.05, momentum=0.9, weight_decay=5e-4,
                      schedule="warmup_cosine", warmup_epochs=1.0, augment=True,
                      label_smoothing=0.1)
-IMPROVED = {"lenet": _IMPROVED_LENET}
+IMPROVED = {name: _IMPROVED_LENET for name in ("lenet", "bn_lenet", "bn_lenet_scratch")}
 
 
 def recipe(model: str, name: str = "book", **overrides: Any) -> Config:

@@ -43,15 +43,32 @@ def torch_bias_init(fan_in: int):
     return init
 
 
+class Conv(nnx.Conv):
+    """``nnx.Conv`` that explains a wrong input layout or dtype instead of failing deep inside
+    XLA. The checks read only static shapes, so they cost nothing under jit."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape, c = tuple(x.shape), self.in_features
+        if len(shape) != 4 or shape[-1] != c:
+            hint = (f"; it looks like NCHW: transpose it with x.transpose(0, 2, 3, 1)"
+                    if len(shape) == 4 and shape[1] == c else "")
+            raise ValueError(f"expected NHWC input (batch, height, width, {c} channels); got "
+                             f"shape {shape}{hint}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"expected floating-point NHWC images (float32 in [0, 1], e.g. from "
+                            f"jaxcnn.data.preprocess); got dtype {x.dtype}")
+        return super().__call__(x)
+
+
 def conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-         padding: int = 0, groups: int = 1, use_bias: bool = True, rngs: nnx.Rngs) -> nnx.Conv:
+         padding: int = 0, groups: int = 1, use_bias: bool = True, rngs: nnx.Rngs) -> Conv:
     """``nn.Conv2d`` as the book uses it: square kernel, symmetric zero padding, Xavier-uniform
     kernel (HWIO), PyTorch's default bias. ``groups`` is the number of groups."""
     fan_in = in_channels // groups * kernel_size * kernel_size
-    return nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size),
-                    strides=stride, padding=padding, feature_group_count=groups,
-                    use_bias=use_bias, kernel_init=XAVIER, bias_init=torch_bias_init(fan_in),
-                    rngs=rngs)
+    return Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size),
+                strides=stride, padding=padding, feature_group_count=groups,
+                use_bias=use_bias, kernel_init=XAVIER, bias_init=torch_bias_init(fan_in),
+                rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:

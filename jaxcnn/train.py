@@ -213,7 +213,12 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     _prepare_workdir(workdir, cfg, force_new, main)
     train_images, train_labels = data.fashion_mnist("train", cfg.data_dir)
     test_images, test_labels = data.fashion_mnist("test", cfg.data_dir)
+    train_images, train_labels = train_images[:cfg.train_examples], train_labels[
+        :cfg.train_examples]
     steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_images)} "
+                         f"training examples")
     trainer = Trainer(cfg, steps_per_epoch)
     checkpoints = Checkpoints(workdir / "checkpoints")
     progress = main and (sys.stderr.isatty() if progress is None else progress)

@@ -213,3 +213,23 @@ def test_corrupt_data_dir(fresh_tfds, tmp_path, capsys):
     err = cli_error(capsys, "train", "lenet", "--data-dir", str(fresh_tfds),
                     "--workdir", str(tmp_path / "run"))
     assert "t10k-images-idx3-ubyte.gz" in err and "SHA-256" in err
+
+
+@pytest.mark.parametrize("name, size", [("lenet", 28), ("resnet18", 32)])
+def test_nchw_input_is_explained(name, size):
+    from jaxcnn import models
+
+    model = models.create(name, image_size=size)
+    with pytest.raises(ValueError, match=r"expected NHWC input .*got shape \(2, 1, "
+                                         rf"{size}, {size}\); it looks like NCHW"):
+        model(np.zeros((2, 1, size, size), np.float32))
+    with pytest.raises(ValueError, match=r"expected NHWC input .*got shape \(2, 28, 28\)"):
+        model(np.zeros((2, 28, 28), np.float32))
+
+
+def test_integer_images_are_explained():
+    from jaxcnn import models
+
+    model = models.create("lenet")
+    with pytest.raises(TypeError, match="expected floating-point NHWC images .* got dtype uint8"):
+        model(np.zeros((2, 28, 28, 1), np.uint8))

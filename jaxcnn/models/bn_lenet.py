@@ -7,7 +7,8 @@ from functools import partial
 from flax import nnx
 
 from jaxcnn import ops
-from jaxcnn.layers import AvgPool2d, BatchNorm, batch_norm, conv, dense, flatten
+from jaxcnn.layers import BatchNorm, batch_norm, conv, dense, flatten
+from jaxcnn.models.lenet import ACTIVATIONS, POOLS
 
 MIN_IMAGE_SIZE = 16   # the second 2x2 pooling needs 2 rows: 16 -> 12 -> 6 -> 2 -> 1
 
@@ -19,20 +20,26 @@ class BNLeNet(nnx.Sequential):
     As the book, the first conv has no padding, so at 28x28 the flatten is 4 x 4 x 16 = 256
     wide. ``scratch`` picks ``layers.BatchNorm`` (d2l 8.5.2) over ``nnx.BatchNorm`` (8.5.3);
     both keep the same state (scale, bias, mean, var). Input ``(N, image_size, image_size,
-    in_channels)``; output logits ``(N, num_classes)``.
+    in_channels)``; output logits ``(N, num_classes)``. ``activation`` and ``pool`` as
+    ``LeNet``'s.
     """
 
     def __init__(self, num_classes: int = 10, *, scratch: bool = False, in_channels: int = 1,
-                 image_size: int = 28, rngs: nnx.Rngs):
+                 image_size: int = 28, activation: str = "sigmoid", pool: str = "avg",
+                 rngs: nnx.Rngs):
+        if activation not in ACTIVATIONS or pool not in POOLS:
+            raise ValueError(f"BNLeNet: activation must be one of {sorted(ACTIVATIONS)} and "
+                             f"pool one of {sorted(POOLS)}; got {activation!r}, {pool!r}")
+        act, pool_layer = ACTIVATIONS[activation], POOLS[pool]
         norm = BatchNorm if scratch else partial(batch_norm, rngs=rngs)
         side = ops.conv_output_size(ops.conv_output_size(image_size, 5), 2, 2)
         side = ops.conv_output_size(ops.conv_output_size(side, 5), 2, 2)
         super().__init__(
-            conv(in_channels, 6, 5, rngs=rngs), norm(6), nnx.sigmoid, AvgPool2d(2),
-            conv(6, 16, 5, rngs=rngs), norm(16), nnx.sigmoid, AvgPool2d(2),
+            conv(in_channels, 6, 5, rngs=rngs), norm(6), act, pool_layer(2),
+            conv(6, 16, 5, rngs=rngs), norm(16), act, pool_layer(2),
             flatten,
-            dense(16 * side * side, 120, rngs=rngs), norm(120), nnx.sigmoid,
-            dense(120, 84, rngs=rngs), norm(84), nnx.sigmoid,
+            dense(16 * side * side, 120, rngs=rngs), norm(120), act,
+            dense(120, 84, rngs=rngs), norm(84), act,
             dense(84, num_classes, rngs=rngs),
         )
 
