@@ -42,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config.recipe(args.model, args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, optimizer=args.optimizer, image_size=args.image_size,
                         seed=args.seed, data_dir=args.data_dir,
-                        checkpoint_every=args.checkpoint_every, devices=args.devices)
+                        checkpoint_every=args.checkpoint_every, devices=args.devices,
+                        train_examples=args.train_examples, test_examples=args.test_examples)
     workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
     main = jax.process_index() == 0
     if main:
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="directory of the Fashion-MNIST .gz files")
     train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                        help="steps between mid-epoch checkpoints (default 500; 0: epochs only)")
+    train.add_argument("--train-examples", type=int, metavar="N",
+                       help="train on the first N training images only (a reduced run)")
+    train.add_argument("--test-examples", type=int, metavar="N",
+                       help="evaluate on the first N test images only (a reduced run)")
     train.add_argument("--force-new", action="store_true",
                        help="discard the workdir's checkpoints and metrics and start over")
     train.add_argument("--devices", type=int, metavar="N",
@@ -108,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     multihost.add_argument("--num-processes", type=int)
     multihost.add_argument("--process-id", type=int)
     train.set_defaults(run=cmd_train)
+
+    bench = commands.add_parser("bench", help="train/eval throughput, compile time and memory "
+                                              "of models, against PyTorch with --compare-torch")
+    from jaxcnn import bench as bench_module
+
+    bench_module.add_arguments(bench)
+    bench.set_defaults(run=bench_module.run)
 
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a run's best "
                                                 "checkpoint")

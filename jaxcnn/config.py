@@ -44,6 +44,7 @@ class Config:
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_examples: int | None = None    # train on the first N examples only (reduced runs)
+    test_examples: int | None = None     # evaluate on the first N test images (reduced runs)
     data_dir: str | None = None          # where the Fashion-MNIST .gz files are (optional)
     checkpoint_every: int = 500          # steps between mid-epoch checkpoints (0: epochs only)
     max_loss: float = 1e3                # a loss above this (or non-finite) means divergence
@@ -61,7 +62,7 @@ class Config:
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("checkpoint_every", self.checkpoint_every)
-        for name in ("devices", "train_examples"):
+        for name in ("devices", "train_examples", "test_examples"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if self.image_size < spec.min_image_size:

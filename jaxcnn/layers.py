@@ -50,7 +50,7 @@ class Conv(nnx.Conv):
     def __call__(self, x: jax.Array) -> jax.Array:
         shape, c = tuple(x.shape), self.in_features
         if len(shape) != 4 or shape[-1] != c:
-            hint = (f"; it looks like NCHW: transpose it with x.transpose(0, 2, 3, 1)"
+            hint = ("; it looks like NCHW: transpose it with x.transpose(0, 2, 3, 1)"
                     if len(shape) == 4 and shape[1] == c else "")
             raise ValueError(f"expected NHWC input (batch, height, width, {c} channels); got "
                              f"shape {shape}{hint}")

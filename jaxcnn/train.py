@@ -199,7 +199,8 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
         progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Train ``cfg`` on Fashion-MNIST, evaluating on all 10,000 test images after each epoch.
+    """Train ``cfg`` on Fashion-MNIST, evaluating on all 10,000 test images after each epoch
+    (``cfg.train_examples`` / ``cfg.test_examples`` cut both splits for reduced runs).
 
     Leaves ``WORKDIR/metrics.jsonl``, ``curves.png``, ``config.json`` and Orbax checkpoints in
     ``WORKDIR/checkpoints/{latest,best}``; resumes from the latest checkpoint when the workdir
@@ -215,6 +216,7 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     test_images, test_labels = data.fashion_mnist("test", cfg.data_dir)
     train_images, train_labels = train_images[:cfg.train_examples], train_labels[
         :cfg.train_examples]
+    test_images, test_labels = test_images[:cfg.test_examples], test_labels[:cfg.test_examples]
     steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_images)} "

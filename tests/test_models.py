@@ -112,12 +112,14 @@ def test_dropout_differs_between_keys_in_train_mode_only():
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, size", [("lenet", 28), ("vgg", 32), ("vgg11", 32),
-                                        ("resnet18", 32), ("resnext", 32)])
+                                        ("resnet18", 32), ("resnext", 32), ("alexnet", 65),
+                                        ("nin", 67), ("googlenet", 32), ("bn_lenet_scratch", 28),
+                                        ("bn_lenet", 28), ("densenet", 32), ("regnetx32", 32)])
 def test_every_model_jits_and_has_finite_gradients(name, size):
     model = models.create(name, image_size=size)
     model.train()
-    x = jax.random.normal(jax.random.key(0), (2, size, size, 1))
-    labels = jnp.array([1, 7])
+    x = jax.random.normal(jax.random.key(0), (4, size, size, 1))
+    labels = jnp.array([1, 7, 3, 0])
 
     @nnx.jit
     def grads_of(model):

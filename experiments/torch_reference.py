@@ -1,0 +1,454 @@
+"""The book's PyTorch models (d2l 7.6, 8.1-8.8), written as the book writes them, and a timer
+for their train step: the outside reference that jaxcnn's parameter counts and speed are
+compared with (`jaxcnn bench --compare-torch` runs this file as its PyTorch side).
+
+    python experiments/torch_reference.py                      # parameter counts, all models
+    python experiments/torch_reference.py lenet resnet18 --steps 20 --repeats 3   # + images/s
+
+Needs torch (`pip install -e '.[bench]'`). Every model takes 1-channel NCHW float32 images at
+the book's size (``IMAGE_SIZES``) and returns 10 logits; lazy modules are materialized by one
+forward pass, then the book's ``init_cnn`` (Xavier-uniform) is applied. The timed step is
+forward, cross-entropy, backward and an SGD update on one fixed random batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def init_cnn(module: nn.Module) -> None:
+    """The book's initialisation: Xavier-uniform weights for conv and dense layers."""
+    if type(module) in (nn.Linear, nn.Conv2d):
+        nn.init.xavier_uniform_(module.weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7.6 LeNet and 8.5 LeNet with batch normalization
+# ----------------------------------------------------------------------------------------------
+
+def lenet(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.LazyConv2d(6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.LazyConv2d(16, kernel_size=5), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.LazyLinear(120), nn.Sigmoid(),
+        nn.LazyLinear(84), nn.Sigmoid(),
+        nn.LazyLinear(num_classes))
+
+
+def bn_lenet(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.LazyConv2d(6, kernel_size=5), nn.LazyBatchNorm2d(),
+        nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.LazyConv2d(16, kernel_size=5), nn.LazyBatchNorm2d(),
+        nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(), nn.LazyLinear(120), nn.LazyBatchNorm1d(),
+        nn.Sigmoid(), nn.LazyLinear(84), nn.LazyBatchNorm1d(),
+        nn.Sigmoid(), nn.LazyLinear(num_classes))
+
+
+# ----------------------------------------------------------------------------------------------
+# 8.1 AlexNet, 8.2 VGG, 8.3 NiN
+# ----------------------------------------------------------------------------------------------
+
+def alexnet(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.LazyConv2d(96, kernel_size=11, stride=4, padding=1),
+        nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.LazyConv2d(256, kernel_size=5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.LazyConv2d(384, kernel_size=3, padding=1), nn.ReLU(),
+        nn.LazyConv2d(384, kernel_size=3, padding=1), nn.ReLU(),
+        nn.LazyConv2d(256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2), nn.Flatten(),
+        nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(p=0.5),
+        nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(p=0.5),
+        nn.LazyLinear(num_classes))
+
+
+def vgg_block(num_convs: int, out_channels: int) -> nn.Module:
+    layers = []
+    for _ in range(num_convs):
+        layers.append(nn.LazyConv2d(out_channels, kernel_size=3, padding=1))
+        layers.append(nn.ReLU())
+    layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return nn.Sequential(*layers)
+
+
+def vgg(arch=((1, 16), (1, 32), (2, 64), (2, 128), (2, 128)), num_classes: int = 10) -> nn.Module:
+    conv_blks = [vgg_block(num_convs, out_channels) for num_convs, out_channels in arch]
+    return nn.Sequential(
+        *conv_blks, nn.Flatten(),
+        nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.LazyLinear(4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.LazyLinear(num_classes))
+
+
+def nin_block(out_channels: int, kernel_size: int, strides: int, padding: int) -> nn.Module:
+    return nn.Sequential(
+        nn.LazyConv2d(out_channels, kernel_size, strides, padding), nn.ReLU(),
+        nn.LazyConv2d(out_channels, kernel_size=1), nn.ReLU(),
+        nn.LazyConv2d(out_channels, kernel_size=1), nn.ReLU())
+
+
+def nin(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nin_block(96, kernel_size=11, strides=4, padding=0),
+        nn.MaxPool2d(3, stride=2),
+        nin_block(256, kernel_size=5, strides=1, padding=2),
+        nn.MaxPool2d(3, stride=2),
+        nin_block(384, kernel_size=3, strides=1, padding=1),
+        nn.MaxPool2d(3, stride=2),
+        nn.Dropout(0.5),
+        nin_block(num_classes, kernel_size=3, strides=1, padding=1),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten())
+
+
+# ----------------------------------------------------------------------------------------------
+# 8.4 GoogLeNet
+# ----------------------------------------------------------------------------------------------
+
+class Inception(nn.Module):
+    """Four parallel branches concatenated on channels: c1, c2, c3, c4 output channels."""
+
+    def __init__(self, c1, c2, c3, c4):
+        super().__init__()
+        self.b1_1 = nn.LazyConv2d(c1, kernel_size=1)
+        self.b2_1 = nn.LazyConv2d(c2[0], kernel_size=1)
+        self.b2_2 = nn.LazyConv2d(c2[1], kernel_size=3, padding=1)
+        self.b3_1 = nn.LazyConv2d(c3[0], kernel_size=1)
+        self.b3_2 = nn.LazyConv2d(c3[1], kernel_size=5, padding=2)
+        self.b4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.b4_2 = nn.LazyConv2d(c4, kernel_size=1)
+
+    def forward(self, x):
+        b1 = F.relu(self.b1_1(x))
+        b2 = F.relu(self.b2_2(F.relu(self.b2_1(x))))
+        b3 = F.relu(self.b3_2(F.relu(self.b3_1(x))))
+        b4 = F.relu(self.b4_2(self.b4_1(x)))
+        return torch.cat((b1, b2, b3, b4), dim=1)
+
+
+def googlenet(num_classes: int = 10) -> nn.Module:
+    b1 = nn.Sequential(
+        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+        nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b2 = nn.Sequential(
+        nn.LazyConv2d(64, kernel_size=1), nn.ReLU(),
+        nn.LazyConv2d(192, kernel_size=3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b3 = nn.Sequential(Inception(64, (96, 128), (16, 32), 32),
+                       Inception(128, (128, 192), (32, 96), 64),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b4 = nn.Sequential(Inception(192, (96, 208), (16, 48), 64),
+                       Inception(160, (112, 224), (24, 64), 64),
+                       Inception(128, (128, 256), (24, 64), 64),
+                       Inception(112, (144, 288), (32, 64), 64),
+                       Inception(256, (160, 320), (32, 128), 128),
+                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b5 = nn.Sequential(Inception(256, (160, 320), (32, 128), 128),
+                       Inception(384, (192, 384), (48, 128), 128),
+                       nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
+    return nn.Sequential(b1, b2, b3, b4, b5, nn.LazyLinear(num_classes))
+
+
+# ----------------------------------------------------------------------------------------------
+# 8.6 ResNet
+# ----------------------------------------------------------------------------------------------
+
+class Residual(nn.Module):
+    """The Residual block of ResNet models."""
+
+    def __init__(self, num_channels, use_1x1conv=False, strides=1):
+        super().__init__()
+        self.conv1 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1, stride=strides)
+        self.conv2 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1)
+        self.conv3 = (nn.LazyConv2d(num_channels, kernel_size=1, stride=strides)
+                      if use_1x1conv else None)
+        self.bn1 = nn.LazyBatchNorm2d()
+        self.bn2 = nn.LazyBatchNorm2d()
+
+    def forward(self, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3:
+            X = self.conv3(X)
+        Y += X
+        return F.relu(Y)
+
+
+def resnet(arch, num_classes: int = 10) -> nn.Module:
+    def block(num_residuals, num_channels, first_block=False):
+        blk = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                blk.append(Residual(num_channels, use_1x1conv=True, strides=2))
+            else:
+                blk.append(Residual(num_channels))
+        return nn.Sequential(*blk)
+
+    net = nn.Sequential(nn.Sequential(
+        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+        nn.LazyBatchNorm2d(), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
+    for i, b in enumerate(arch):
+        net.add_module(f"b{i + 2}", block(*b, first_block=(i == 0)))
+    net.add_module("last", nn.Sequential(
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)))
+    return net
+
+
+def resnet18(num_classes: int = 10) -> nn.Module:
+    return resnet(((2, 64), (2, 128), (2, 256), (2, 512)), num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8.7 DenseNet
+# ----------------------------------------------------------------------------------------------
+
+def conv_block(num_channels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.LazyBatchNorm2d(), nn.ReLU(),
+        nn.LazyConv2d(num_channels, kernel_size=3, padding=1))
+
+
+class DenseBlock(nn.Module):
+    def __init__(self, num_convs, num_channels):
+        super().__init__()
+        self.net = nn.Sequential(*[conv_block(num_channels) for _ in range(num_convs)])
+
+    def forward(self, X):
+        for blk in self.net:
+            Y = blk(X)
+            X = torch.cat((X, Y), dim=1)   # concatenate input and output on the channels
+        return X
+
+
+def transition_block(num_channels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.LazyBatchNorm2d(), nn.ReLU(),
+        nn.LazyConv2d(num_channels, kernel_size=1),
+        nn.AvgPool2d(kernel_size=2, stride=2))
+
+
+def densenet(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), num_classes=10) -> nn.Module:
+    net = nn.Sequential(nn.Sequential(
+        nn.LazyConv2d(64, kernel_size=7, stride=2, padding=3),
+        nn.LazyBatchNorm2d(), nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
+    for i, num_convs in enumerate(arch):
+        net.add_module(f"dense_blk{i + 1}", DenseBlock(num_convs, growth_rate))
+        num_channels += num_convs * growth_rate
+        if i != len(arch) - 1:
+            num_channels //= 2
+            net.add_module(f"tran_blk{i + 1}", transition_block(num_channels))
+    net.add_module("last", nn.Sequential(
+        nn.LazyBatchNorm2d(), nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+        nn.LazyLinear(num_classes)))
+    return net
+
+
+# ----------------------------------------------------------------------------------------------
+# 8.8 RegNet (AnyNet of ResNeXt blocks; the book's `groups` is the group *width*)
+# ----------------------------------------------------------------------------------------------
+
+class ResNeXtBlock(nn.Module):
+    """The ResNeXt block."""
+
+    def __init__(self, num_channels, groups, bot_mul, use_1x1conv=False, strides=1):
+        super().__init__()
+        bot_channels = int(round(num_channels * bot_mul))
+        self.conv1 = nn.LazyConv2d(bot_channels, kernel_size=1, stride=1)
+        self.conv2 = nn.LazyConv2d(bot_channels, kernel_size=3, stride=strides, padding=1,
+                                   groups=bot_channels // groups)
+        self.conv3 = nn.LazyConv2d(num_channels, kernel_size=1, stride=1)
+        self.bn1 = nn.LazyBatchNorm2d()
+        self.bn2 = nn.LazyBatchNorm2d()
+        self.bn3 = nn.LazyBatchNorm2d()
+        if use_1x1conv:
+            self.conv4 = nn.LazyConv2d(num_channels, kernel_size=1, stride=strides)
+            self.bn4 = nn.LazyBatchNorm2d()
+        else:
+            self.conv4 = None
+
+    def forward(self, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4:
+            X = self.bn4(self.conv4(X))
+        return F.relu(Y + X)
+
+
+def anynet(arch, stem_channels, num_classes=10) -> nn.Module:
+    def stage(depth, num_channels, groups, bot_mul):
+        blk = []
+        for i in range(depth):
+            if i == 0:
+                blk.append(ResNeXtBlock(num_channels, groups, bot_mul,
+                                        use_1x1conv=True, strides=2))
+            else:
+                blk.append(ResNeXtBlock(num_channels, groups, bot_mul))
+        return nn.Sequential(*blk)
+
+    net = nn.Sequential(nn.Sequential(
+        nn.LazyConv2d(stem_channels, kernel_size=3, stride=2, padding=1),
+        nn.LazyBatchNorm2d(), nn.ReLU()))
+    for i, s in enumerate(arch):
+        net.add_module(f"stage{i + 1}", stage(*s))
+    net.add_module("head", nn.Sequential(
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes)))
+    return net
+
+
+def regnetx32(num_classes: int = 10) -> nn.Module:
+    stem_channels, groups, bot_mul = 32, 16, 1
+    depths, channels = (4, 6), (32, 80)
+    return anynet(((depths[0], channels[0], groups, bot_mul),
+                   (depths[1], channels[1], groups, bot_mul)), stem_channels, num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry (jaxcnn's names), parameter counts and the timed train step
+# ----------------------------------------------------------------------------------------------
+
+# name -> (builder(num_classes=...), the book's input side)
+MODELS = {
+    "lenet": (lenet, 28),
+    "vgg": (vgg, 224),
+    "vgg11": (lambda num_classes: vgg(((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),
+                                       num_classes), 224),
+    "resnet18": (resnet18, 96),
+    "alexnet": (alexnet, 224),
+    "nin": (nin, 224),
+    "googlenet": (googlenet, 96),
+    "bn_lenet": (bn_lenet, 28),
+    "densenet": (densenet, 96),
+    "regnetx32": (regnetx32, 96),
+}
+# The parameter counts of the book's models for 1 input channel and 10 classes.
+BOOK_PARAMS = {"lenet": 61_706, "vgg": 43_093_322, "vgg11": 128_806_154,
+               "resnet18": 11_178_378, "alexnet": 46_764_746, "nin": 1_992_166,
+               "googlenet": 5_977_530, "bn_lenet": 44_878, "densenet": 758_226,
+               "regnetx32": 179_290}
+
+
+def create(name: str, *, num_classes: int = 10, image_size: int | None = None,
+           seed: int = 0) -> nn.Module:
+    """The book's model ``name`` for ``(N, 1, S, S)`` inputs (S = ``image_size``, default the
+    book's), its lazy modules materialized and ``init_cnn`` applied; in train mode."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    build, book_size = MODELS[name]
+    size = book_size if image_size is None else image_size
+    torch.manual_seed(seed)
+    model = build(num_classes=num_classes)
+    model.eval()                      # batch 1 through BatchNorm1d needs running statistics
+    with torch.no_grad():
+        model(torch.zeros(1, 1, size, size))
+    model.apply(init_cnn)
+    return model.train()
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class TrainStep:
+    """One SGD train step of model ``name`` on a fixed random batch: images float32
+    ``(batch_size, 1, S, S)``, labels int64 ``(batch_size,)``. ``time(steps)`` -> seconds."""
+
+    def __init__(self, name: str, batch_size: int = 128, image_size: int | None = None,
+                 lr: float = 0.01, seed: int = 0):
+        self.model = create(name, image_size=image_size, seed=seed)
+        size = MODELS[name][1] if image_size is None else image_size
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(batch_size, 1, size, size, generator=generator)
+        self.labels = torch.randint(0, 10, (batch_size,), generator=generator)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
+
+    def step(self) -> float:
+        """Forward, cross-entropy, backward, SGD update; returns the loss."""
+        loss = F.cross_entropy(self.model(self.images), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def time(self, steps: int) -> float:
+        """Seconds for ``steps`` consecutive steps (the loss is read after each, as in a loop
+        that logs it, so every step has finished when the clock stops)."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return time.perf_counter() - start
+
+
+def serve() -> None:
+    """The PyTorch side of `jaxcnn bench --compare-torch`: one JSON request per stdin line,
+    one JSON reply per stdout line. Requests: ``{"op": "build", "model", "batch_size",
+    "image_size", "warmup"}`` -> ``{"params", "threads", "torch"}``; ``{"op": "time", "steps"}``
+    -> ``{"seconds", "max_rss_kib"}``. Stops at the end of stdin."""
+    bench = None
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "build":
+            bench = TrainStep(request["model"], request["batch_size"], request["image_size"])
+            bench.time(request["warmup"])
+            reply = {"params": num_params(bench.model), "threads": torch.get_num_threads(),
+                     "torch": torch.__version__}
+        else:
+            reply = {"seconds": bench.time(request["steps"]),
+                     "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+        print(json.dumps(reply), flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"default: all of {', '.join(MODELS)}")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train steps per timed repeat (default 0: counts only)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve()
+        return 0
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch_size}, float32 NCHW")
+    failed = []
+    for name in args.models or MODELS:
+        if args.steps:
+            bench = TrainStep(name, args.batch_size)
+            bench.time(2)                                     # warm-up
+            rates = [args.steps * args.batch_size / bench.time(args.steps)
+                     for _ in range(args.repeats)]
+            model, speed = bench.model, (f"  {statistics.median(rates):9,.1f} images/s "
+                                         f"(median of {args.repeats} x {args.steps} steps)")
+        else:
+            model, speed = create(name), ""
+        count = num_params(model)
+        ok = count == BOOK_PARAMS[name]
+        failed += [] if ok else [name]
+        print(f"{name:10s} {MODELS[name][1]:4d}px  {count:12,d} parameters "
+              f"{'(the book: ok)' if ok else f'!= the book {BOOK_PARAMS[name]:,}'}{speed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

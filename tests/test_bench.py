@@ -1,0 +1,102 @@
+"""jaxcnn.bench and experiments/torch_reference.py: the benchmark's JSON, and the book's PyTorch
+models' parameter counts against the book's and jaxcnn's."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import bench, models
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def torch_reference():
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        import torch_reference
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    return torch_reference
+
+
+def test_bench_lenet_writes_json_with_every_field(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.run(parse("lenet", "--steps", "2", "--repeats", "2", "--json", str(path))) == 0
+    result = json.loads(path.read_text())
+    assert result["device_kind"] == jax.devices()[0].device_kind
+    assert {"jax", "flax", "cpu_count", "load_1min", "batch_size"} <= set(result)
+    (row,) = result["models"]
+    assert row["model"] == "lenet" and row["image_size"] == 28 and row["batch_size"] == 128
+    assert (row["steps"], row["repeats"], row["params"]) == (2, 2, 61_706)
+    assert row["macs_per_image"] == 416_520
+    rates = row["train_images_per_s"]
+    assert 0 < rates["min"] <= rates["median"] <= rates["max"]
+    assert row["compile_s"] >= 0 and row["eval_images_per_s"] > 0
+    assert row["gflop_per_s"] == pytest.approx(6 * 416_520 * rates["median"] / 1e9)
+    assert row["peak_rss_mib"] > 0 and 0 <= row["foreign_cpu_max"] <= 1
+    assert "torch_images_per_s" not in row
+    pipeline = result["pipeline"]
+    assert pipeline["batches_per_s"] > 0 and pipeline["batch_size"] == 128
+    assert pipeline["ratio_to_lenet"] == pytest.approx(
+        pipeline["batches_per_s"] * 128 / rates["median"])
+    out = capsys.readouterr().out
+    assert "lenet" in out and "input pipeline" in out
+
+
+def test_bench_json_flag_alone_prints_json(capsys):
+    assert bench.run(parse("lenet", "--steps", "1", "--repeats", "1", "--image-size", "20",
+                           "--batch-size", "8", "--json")) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["models"][0]["image_size"] == 20 and result["batch_size"] == 8
+
+
+def test_bench_rejects_unknown_models_and_bad_counts():
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.run(parse("lenet5"))
+    with pytest.raises(ValueError, match="--steps"):
+        bench.run(parse("lenet", "--steps", "0"))
+
+
+def test_compare_torch_without_torch_says_how_to_install(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    assert bench.run(parse("lenet", "--compare-torch")) == 2
+    assert "pip install -e '.[bench]'" in capsys.readouterr().err
+
+
+def test_torch_reference_parameter_counts(torch_reference):
+    for name, expected in torch_reference.BOOK_PARAMS.items():
+        count = torch_reference.num_params(torch_reference.create(name))
+        assert count == expected, name
+        if name in models.REGISTRY:
+            params = nnx.state(nnx.eval_shape(lambda: models.create(name)), nnx.Param)
+            assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == expected, name
+
+
+def test_compare_torch_alternates_and_reports_ratios(torch_reference, tmp_path):
+    path = tmp_path / "bench.json"
+    assert bench.run(parse("lenet", "--steps", "2", "--repeats", "2", "--compare-torch",
+                           "--json", str(path))) == 0
+    (row,) = json.loads(path.read_text())["models"]
+    assert row["torch_params"] == row["params"] == 61_706
+    ratio = row["jax_over_torch"]
+    assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
