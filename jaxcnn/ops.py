@@ -250,11 +250,30 @@ def _pool_geometry(x: jax.Array, kernel_size: IntPair, stride: IntPair | None,
     return window, window_strides, padding_config
 
 
+def _tiles(x: jax.Array, window, strides, pads) -> jax.Array | None:
+    """Non-overlapping, unpadded windows as ``(N, H', kh, W', kw, C)`` by a reshape, or None.
+
+    When the stride equals the kernel and there is no padding (LeNet's and VGG's 2x2 pools),
+    pooling is a reduction over a reshape, which XLA differentiates with cheap elementwise
+    ops instead of reduce_window's select-and-scatter. Rows and columns past the last full
+    window are dropped, as PyTorch's floor mode does.
+    """
+    if window != strides or any(p != (0, 0) for p in pads):
+        return None
+    (_, kh, kw, _), (n, h, w, c) = window, x.shape
+    return x[:, :h - h % kh, :w - w % kw].reshape(n, h // kh, kh, w // kw, kw, c)
+
+
 def max_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None,
                padding: IntPair = 0) -> jax.Array:
     """Max pooling over each channel, as ``torch.nn.MaxPool2d``: stride defaults to the kernel
-    size, padding (per side) is ``-inf``. x: ``(N, H, W, C)`` -> ``(N, H', W', C)``."""
+    size, padding (per side) is ``-inf``. x: ``(N, H, W, C)`` -> ``(N, H', W', C)``. (Where
+    several inputs tie for the maximum, the gradient is shared among them on the reshape
+    path, not given to the first as PyTorch does.)"""
     window, strides, pads = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    tiles = _tiles(x, window, strides, pads)
+    if tiles is not None:
+        return tiles.max(axis=(2, 4))
     return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, window, strides, pads)
 
 
@@ -263,6 +282,9 @@ def avg_pool2d(x: jax.Array, kernel_size: IntPair, stride: IntPair | None = None
     """Average pooling, as ``torch.nn.AvgPool2d`` with its default ``count_include_pad=True``:
     padded zeros count in the mean. x: ``(N, H, W, C)`` -> ``(N, H', W', C)``."""
     window, strides, pads = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    tiles = _tiles(x, window, strides, pads)
+    if tiles is not None:
+        return tiles.mean(axis=(2, 4))
     total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, pads)
     return total / (window[1] * window[2])
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 from flax import nnx
+from jax import lax
 from jax.test_util import check_grads
 
 from jaxcnn import layers, ops
@@ -315,3 +316,24 @@ def test_pools_differentiate_under_jit(pool):
     x = jax.random.normal(jax.random.key(4), (2, 6, 6, 3))
     jitted = jax.jit(jax.grad(lambda x: pool(x, 3, 2, 1).sum()))
     chex.assert_trees_all_close(jitted(x), jax.grad(lambda x: pool(x, 3, 2, 1).sum())(x))
+
+
+@pytest.mark.parametrize("pool, reduce", [(ops.max_pool2d, lax.max), (ops.avg_pool2d, lax.add)])
+@pytest.mark.parametrize("shape, kernel", [((2, 8, 8, 3), 2), ((2, 9, 7, 2), 2), ((1, 9, 9, 1), 3),
+                                           ((2, 6, 8, 4), (2, 4))])
+def test_reshape_pooling_equals_reduce_window(pool, reduce, shape, kernel):
+    """The fast path (stride == kernel, no padding) against lax.reduce_window: values and, on
+    inputs without ties, gradients."""
+    x = jax.random.normal(jax.random.key(5), shape)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    init = -jnp.inf if reduce is lax.max else 0.0
+
+    def slow(x):
+        y = lax.reduce_window(x, init, reduce, (1, kh, kw, 1), (1, kh, kw, 1), "VALID")
+        return y if reduce is lax.max else y / (kh * kw)
+
+    chex.assert_trees_all_close(pool(x, kernel), slow(x), atol=1e-6)
+    weights = jax.random.normal(jax.random.key(6), slow(x).shape)
+    fast_grad = jax.jit(jax.grad(lambda x: (pool(x, kernel) * weights).sum()))(x)
+    slow_grad = jax.jit(jax.grad(lambda x: (slow(x) * weights).sum()))(x)
+    chex.assert_trees_all_close(fast_grad, slow_grad, atol=1e-6)
