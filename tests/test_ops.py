@@ -337,3 +337,56 @@ def test_reshape_pooling_equals_reduce_window(pool, reduce, shape, kernel):
     fast_grad = jax.jit(jax.grad(lambda x: (pool(x, kernel) * weights).sum()))(x)
     slow_grad = jax.jit(jax.grad(lambda x: (slow(x) * weights).sum()))(x)
     chex.assert_trees_all_close(fast_grad, slow_grad, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Any combination of arguments either raises ValueError/TypeError or matches the reference
+# ----------------------------------------------------------------------------------------------
+
+from hypothesis import event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Mostly valid values, with the invalid ones (negative, zero, too large) mixed in.
+size = st.sampled_from([-1, 0] + [1, 2, 3] * 6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(0, 8), w=st.integers(0, 8), c_in=st.integers(1, 4), c_out=st.integers(1, 4),
+       kh=size, kw=size, stride=size, padding=st.sampled_from([-1] + [0, 1, 2] * 4), dilation=size,
+       groups=st.sampled_from([0, 1, 1, 1, 2, 2]))
+def test_conv2d_raises_or_matches_reference(h, w, c_in, c_out, kh, kw, stride, padding,
+                                            dilation, groups):
+    key = jax.random.key(h * 1000 + w * 100 + c_in * 10 + c_out)
+    x = jax.random.normal(key, (1, h, w, c_in))
+    in_per_group = c_in // groups if groups > 0 else c_in
+    try:
+        kernel = jnp.ones((max(kh, 0), max(kw, 0), in_per_group, c_out)) * 0.5
+        got = ops.conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups)
+    except (ValueError, TypeError) as error:
+        event(f"rejected: {type(error).__name__}")
+        return
+    event("compared with the reference")
+    want = reference_conv2d(x, kernel, None, (stride, stride), (padding, padding),
+                            (dilation, dilation), groups)
+    chex.assert_trees_all_close(got, want, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(0, 8), w=st.integers(0, 8), k=size, stride=st.none() | size,
+       padding=st.sampled_from([-1] + [0, 1, 2] * 4), mode=st.sampled_from(["max", "avg"]),
+       integer=st.sampled_from([False, False, False, True]))
+def test_pools_raise_or_match_reference(h, w, k, stride, padding, mode, integer):
+    x = jax.random.normal(jax.random.key(h * 10 + w), (2, h, w, 2))
+    if integer:
+        x = x.astype(jnp.int32)
+    pool = ops.max_pool2d if mode == "max" else ops.avg_pool2d
+    try:
+        got = pool(x, k, stride, padding)
+    except (ValueError, TypeError) as error:
+        event(f"rejected: {type(error).__name__}")
+        return
+    event("compared with the reference")
+    s = k if stride is None else stride
+    chex.assert_trees_all_close(got, reference_pool(x, (k, k), (s, s), (padding, padding), mode),
+                                atol=1e-6)
