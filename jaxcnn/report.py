@@ -15,6 +15,9 @@ METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "
 def atomic_write(path: Path, write) -> None:
     """Write ``path`` through ``write(file_object)`` into a temporary file, then rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)          # mkstemp's 0600 would hide results from others
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
