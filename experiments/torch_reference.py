@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -400,19 +399,22 @@ class TrainStep:
 def serve() -> None:
     """The PyTorch side of `jaxcnn bench --compare-torch`: one JSON request per stdin line,
     one JSON reply per stdout line. Requests: ``{"op": "build", "model", "batch_size",
-    "image_size", "warmup"}`` -> ``{"params", "threads", "torch"}``; ``{"op": "time", "steps"}``
-    -> ``{"seconds", "max_rss_kib"}``. Stops at the end of stdin."""
+    "image_size", "warmup"}`` -> ``{"params", "threads", "torch"}`` (or ``{"error"}``);
+    ``{"op": "time", "steps"}`` -> ``{"seconds"}``. Stops at the end of stdin."""
     bench = None
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "build":
-            bench = TrainStep(request["model"], request["batch_size"], request["image_size"])
+            try:
+                bench = TrainStep(request["model"], request["batch_size"], request["image_size"])
+            except ValueError as error:                     # an unknown model name
+                print(json.dumps({"error": str(error)}), flush=True)
+                continue
             bench.time(request["warmup"])
             reply = {"params": num_params(bench.model), "threads": torch.get_num_threads(),
                      "torch": torch.__version__}
         else:
-            reply = {"seconds": bench.time(request["steps"]),
-                     "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+            reply = {"seconds": bench.time(request["steps"])}
         print(json.dumps(reply), flush=True)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxcnn import data, models, summary
 from jaxcnn.config import Config
@@ -163,10 +164,10 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     ``batch``: ``{"image": uint8 (B, 28, 28, 1), "label": int32 (B,), "mask": bool (B,)}``.
     ``steps`` None: chosen from the second step's time (see ``TARGET_REPEAT_S``).
     """
-    from jaxcnn.train import Trainer
-    from flax import nnx
+    from jaxcnn.train import Trainer   # deferred: it imports Orbax, slow for `jaxcnn --help`
 
     batch_size = len(batch["label"])
+    torch_params = torch_side.build(name, batch_size, image_size) if torch_side else None
     trainer = Trainer(Config(model=name, batch_size=batch_size, image_size=image_size), 1)
     initial = trainer.initial_state
     model = nnx.merge(trainer.graphdef, initial["params"], initial["batch_stats"],
@@ -191,7 +192,7 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
                            "params": params, "macs_per_image": macs, "steps": steps,
                            "repeats": repeats}
     if torch_side is not None:
-        row["torch_params"] = torch_side.build(name, batch_size, image_size)
+        row["torch_params"] = torch_params
     pids = ["self"] + ([torch_side.process.pid] if torch_side is not None else [])
     jax_rates, torch_rates, foreign = [], [], []
     for _ in range(repeats):
@@ -268,6 +269,8 @@ class TorchSide:
         """Build the book's ``name`` in PyTorch, warm it up; returns its parameter count."""
         reply = self._ask(op="build", model=name, batch_size=batch_size, image_size=image_size,
                           warmup=1)
+        if "error" in reply:
+            raise ValueError(f"--compare-torch: {reply['error']}")
         self.version = f"{reply['torch']} ({reply['threads']} threads)"
         return reply["params"]
 

@@ -100,3 +100,8 @@ def test_compare_torch_alternates_and_reports_ratios(torch_reference, tmp_path):
     assert row["torch_params"] == row["params"] == 61_706
     ratio = row["jax_over_torch"]
     assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+
+
+def test_compare_torch_names_a_model_the_book_has_not(torch_reference):
+    with pytest.raises(ValueError, match="unknown model 'resnext'"):
+        bench.run(parse("resnext", "--steps", "1", "--repeats", "1", "--compare-torch"))
