@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side for every model (default: each model's book size)")
+    parser.add_argument("--dtype", choices=models.COMPUTE_DTYPES, default="float32",
+                        help="JAX's compute dtype (parameters stay float32; PyTorch's side "
+                             "is always float32)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="also write the results as JSON to PATH (alone: to stdout)")
     parser.add_argument("--compare-torch", action="store_true",
@@ -83,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
     images, labels = data.fashion_mnist("train")
     batch = {"image": images[:args.batch_size], "label": labels[:args.batch_size],
              "mask": np.ones(args.batch_size, bool)}
-    results = {**environment(), "batch_size": args.batch_size, "models": []}
+    results = {**environment(), "batch_size": args.batch_size, "dtype": args.dtype,
+               "models": []}
     try:
         for name in names:
             size = args.image_size or models.spec(name).image_size
-            row = bench_model(name, batch, size, args.steps, args.repeats, torch_side)
+            row = bench_model(name, batch, size, args.steps, args.repeats, torch_side,
+                              args.dtype)
             results["models"].append(row)
             print(f"{name}: {row['train_images_per_s']['median']:,.1f} images/s", file=sys.stderr)
         if torch_side is not None:
@@ -118,7 +123,8 @@ def environment() -> dict[str, Any]:
     return {"device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
             "device_count": jax.device_count(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "flax": flax.__version__,
-            "python": platform.python_version(), "load_1min": os.getloadavg()[0]}
+            "python": platform.python_version(), "load_1min": os.getloadavg()[0],
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _seconds(fn: Callable[[], Any]) -> float:
@@ -158,7 +164,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps: int | None,
-                repeats: int, torch_side: "TorchSide | None" = None) -> dict[str, Any]:
+                repeats: int, torch_side: "TorchSide | None" = None,
+                dtype: str = "float32") -> dict[str, Any]:
     """Train/eval images/s, first-step seconds, FLOP rate and peak memory of model ``name``.
 
     ``batch``: ``{"image": uint8 (B, 28, 28, 1), "label": int32 (B,), "mask": bool (B,)}``.
@@ -168,7 +175,8 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
 
     batch_size = len(batch["label"])
     torch_params = torch_side.build(name, batch_size, image_size) if torch_side else None
-    trainer = Trainer(Config(model=name, batch_size=batch_size, image_size=image_size), 1)
+    trainer = Trainer(Config(model=name, batch_size=batch_size, image_size=image_size,
+                             dtype=dtype), 1)
     initial = trainer.initial_state
     model = nnx.merge(trainer.graphdef, initial["params"], initial["batch_stats"],
                       trainer.constants)
@@ -288,7 +296,8 @@ def format_table(results: dict[str, Any]) -> str:
     head = (f"{results['device_kind']} ({results['platform']}, {results['cpu']}, "
             f"{results['cpu_count']} cores)  jax {results['jax']}  flax {results['flax']}"
             + (f"  torch {results['torch']}" if "torch" in results else "")
-            + f"  batch {results['batch_size']}, float32")
+            + f"  batch {results['batch_size']}, {results['dtype']}"
+            + (f"\nXLA_FLAGS={results['xla_flags']}" if results.get("xla_flags") else ""))
     compare = "torch" in results
     table = [("model", "size", "steps", "train img/s (min-max)", "compile s", "eval img/s",
               "MMAC/img", "GFLOP/s", "peak MiB")

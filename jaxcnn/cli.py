@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         lr=args.lr, optimizer=args.optimizer, image_size=args.image_size,
                         seed=args.seed, data_dir=args.data_dir,
                         checkpoint_every=args.checkpoint_every, devices=args.devices,
+                        dtype=args.dtype,
                         train_examples=args.train_examples, test_examples=args.test_examples)
     workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
     main = jax.process_index() == 0
@@ -67,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxcnn.models import REGISTRY
+    from jaxcnn.models import COMPUTE_DTYPES, REGISTRY
 
     parser = argparse.ArgumentParser(prog="jaxcnn", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int,
                        help="input side (default: the book's, 28 / 224 / 96)")
     train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument("--dtype", choices=COMPUTE_DTYPES,
+                       help="compute dtype (default float32; parameters and optimizer state "
+                            "stay float32)")
     train.add_argument("--workdir", help="where metrics, curves and checkpoints go "
                                          "(default runs/MODEL-RECIPE); resumed if it holds a run")
     train.add_argument("--data-dir", help="directory of the Fashion-MNIST .gz files")

@@ -49,6 +49,7 @@ class Config:
     checkpoint_every: int = 500          # steps between mid-epoch checkpoints (0: epochs only)
     max_loss: float = 1e3                # a loss above this (or non-finite) means divergence
     devices: int | None = None           # local devices per process (None: all)
+    dtype: str = "float32"               # compute dtype; parameters stay float32
 
     def __post_init__(self) -> None:
         spec = models.spec(self.model)   # unknown model: ValueError listing the known ones
@@ -59,6 +60,7 @@ class Config:
         _choice("recipe", self.recipe, RECIPES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("dtype", self.dtype, models.COMPUTE_DTYPES)
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("checkpoint_every", self.checkpoint_every)

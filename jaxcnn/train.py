@@ -87,7 +87,7 @@ class Trainer:
         self.mesh = parallel.make_mesh(cfg.devices) if mesh is None else mesh
         parallel.check_batch_size(cfg.batch_size, self.mesh)
         model = models.create(cfg.model, image_size=cfg.image_size, seed=cfg.seed,
-                              **cfg.model_overrides)
+                              dtype=cfg.dtype, **cfg.model_overrides)
         self.graphdef, params, batch_stats, self.constants = nnx.split(
             model, nnx.Param, nnx.BatchStat, ...)
         self.tx = make_optimizer(cfg, steps_per_epoch)
@@ -123,7 +123,7 @@ class Trainer:
         model = self._model(state, train=True)
 
         def loss_fn(model):
-            logits = model(images, rngs=nnx.Rngs(dropout=key_dropout))
+            logits = model(images, rngs=nnx.Rngs(dropout=key_dropout)).astype(jnp.float32)
             return cross_entropy(logits, batch["label"], self.cfg.label_smoothing).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)     # BatchNorm updates land in model
@@ -135,8 +135,8 @@ class Trainer:
 
     def eval_step_fn(self, state: State, batch: Batch) -> dict[str, jax.Array]:
         """Sums over the batch's real (mask True) examples: loss, correct predictions, count."""
-        logits = self._model(state, train=False)(data.preprocess(batch["image"],
-                                                                 self.cfg.image_size))
+        logits = self._model(state, train=False)(
+            data.preprocess(batch["image"], self.cfg.image_size)).astype(jnp.float32)
         mask = batch["mask"]
         losses = cross_entropy(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]) & mask

@@ -204,3 +204,19 @@ def test_same_seed_same_parameters():
     a, b, c = (models.create("lenet", seed=s) for s in (0, 0, 1))
     chex.assert_trees_all_equal(nnx.state(a, nnx.Param), nnx.state(b, nnx.Param))
     assert not np.allclose(a.layers[0].kernel[...], c.layers[0].kernel[...])
+
+
+def test_bfloat16_compute_dtype_runs_convs_and_dense_layers_in_bfloat16():
+    model = models.create("bn_lenet", dtype="bfloat16")
+    model.eval()
+    x = jnp.ones((2, 28, 28, 1))
+    jaxpr = str(jax.make_jaxpr(lambda x: model(x))(x))
+    for op in ("conv_general_dilated", "dot_general"):
+        lines = [line for line in jaxpr.splitlines() if op + "[" in line]
+        assert lines and all("bf16[" in line for line in lines), op
+    assert model(x).dtype == jnp.bfloat16
+    kinds = {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))}
+    assert kinds == {jnp.dtype("float32")}
+    with pytest.raises(ValueError, match="compute dtype must be one of float32, bfloat16; "
+                                         "got 'float16'"):
+        models.create("lenet", dtype="float16")

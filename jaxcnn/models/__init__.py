@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.models import alexnet, bn_lenet, densenet, googlenet, lenet, nin, regnet, resnet, vgg
@@ -26,7 +27,10 @@ from jaxcnn.models.vgg import VGG, vgg_block
 __all__ = ["LeNet", "VGG", "vgg_block", "ResNet", "ResNet18", "ResNeXt", "Residual",
            "ResNeXtBlock", "AlexNet", "NiN", "nin_block", "GoogLeNet", "Inception", "BNLeNet",
            "BNLeNetScratch", "DenseNet", "DenseBlock", "conv_block", "transition_block",
-           "AnyNet", "RegNetX32", "ModelSpec", "REGISTRY", "create", "spec"]
+           "AnyNet", "RegNetX32", "ModelSpec", "REGISTRY", "COMPUTE_DTYPES", "create", "spec",
+           "set_compute_dtype"]
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -90,13 +94,28 @@ def spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+def set_compute_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
+    """Make every Flax conv, dense and BatchNorm layer of ``model`` compute in ``dtype`` (one of
+    ``COMPUTE_DTYPES``); returns ``model``. Parameters and BatchNorm statistics stay float32:
+    Flax casts them to ``dtype`` in each call, so gradients and optimizer state are float32, and
+    BatchNorm computes its statistics in float32. Logits come out in ``dtype``."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}; got "
+                         f"{dtype!r}")
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
+            module.dtype = jnp.dtype(dtype)
+    return model
+
+
 def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
-           image_size: int | None = None, seed: int = 0, **overrides: Any) -> nnx.Module:
+           image_size: int | None = None, seed: int = 0, dtype: str = "float32",
+           **overrides: Any) -> nnx.Module:
     """Build model ``name`` for ``(N, image_size, image_size, in_channels)`` inputs.
 
     ``image_size`` defaults to the book's (the LeNets 28, AlexNet, VGG and NiN 224, the others
     96); ``overrides`` go to the model's constructor (e.g. ``arch=...``). Parameters come from
-    ``nnx.Rngs(seed)``.
+    ``nnx.Rngs(seed)``; ``dtype`` is the compute dtype (see ``set_compute_dtype``).
     """
     entry = spec(name)
     image_size = entry.image_size if image_size is None else image_size
@@ -107,4 +126,5 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
     if image_size < entry.min_image_size:
         raise ValueError(f"image_size {image_size} is too small for {name}: it needs at least "
                          f"{entry.min_image_size} (the book uses {entry.image_size})")
-    return entry.build(num_classes, in_channels, image_size, nnx.Rngs(seed), **overrides)
+    model = entry.build(num_classes, in_channels, image_size, nnx.Rngs(seed), **overrides)
+    return set_compute_dtype(model, dtype)
