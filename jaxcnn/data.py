@@ -20,7 +20,6 @@ import hashlib
 import math
 import os
 import socket
-import tempfile
 import urllib.parse
 import urllib.request
 import warnings
@@ -238,19 +237,14 @@ def _decode(split, source_dir, root):
 
 
 def _save_npz(path, **arrays):
-    """Writes arrays to path atomically (temporary file, then os.replace); warns if it can't."""
+    """Writes arrays to path atomically (``report.atomic_write``); warns if it can't: the cache
+    only saves time."""
+    from jaxcnn.report import atomic_write
+
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         warnings.warn(f"Fashion-MNIST cache {path} not written: {e}", stacklevel=3)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def cache_path(split, *, tfds_data_dir=None) -> Path:
