@@ -86,14 +86,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any]) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
         return cls(**values)
 
-    def differences(self, other: "Config") -> list[str]:
+    def differences(self, other: Config) -> list[str]:
         """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
@@ -115,8 +115,11 @@ def _non_negative_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
 
-# The improved recipes: what we change beyond the book, per model family.
-_IMPROVED_LENET = dict(optimizer="adamw", lr=2e-3, weight_decay=1e-4, schedule="cosine",
+# The improved recipes: what we change beyond the book, per model family. The LeNet family's
+# batch size, learning rate, weight decay and label smoothing were chosen on a validation split
+# (training images 50,000-59,999, the test set unseen; experiments/RESULTS.md).
+_IMPROVED_LENET = dict(optimizer="adamw", lr=5e-3, weight_decay=0.05, schedule="cosine",
+                       batch_size=64, label_smoothing=0.1,
                        model_overrides={"activation": "relu", "pool": "max"})
 _IMPROVED_CNN = dict(optimizer="momentum", lr=0.05, momentum=0.9, weight_decay=5e-4,
                      schedule="warmup_cosine", warmup_epochs=1.0, augment=True,
@@ -129,7 +132,8 @@ def recipe(model: str, name: str = "book", **overrides: Any) -> Config:
     ignored, so command-line defaults pass through).
 
     ``book``: SGD at the book's learning rate, batch 128, 10 epochs, the book's image size.
-    ``improved``: for LeNet, ReLU + max pooling + AdamW with a cosine schedule; for the others,
+    ``improved``: for LeNet, ReLU + max pooling + AdamW with a cosine schedule, batch 64 and
+    label smoothing; for the others,
     SGD with momentum, weight decay, warm-up + cosine, augmentation and label smoothing.
     """
     _choice("recipe", name, RECIPES)

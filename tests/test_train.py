@@ -203,7 +203,8 @@ def test_resuming_a_different_config_is_refused(tmp_path):
 
 
 def test_one_epoch_of_the_improved_lenet_reaches_080(tmp_path):
-    """A short real run on CPU: one epoch of ReLU + max pooling + AdamW (about 10 s)."""
+    """A short real run on CPU: one epoch of the improved recipe (ReLU + max pooling + AdamW,
+    batch 64; about 10 s); 0.8601 measured."""
     cfg = config.recipe("lenet", "improved", epochs=1, checkpoint_every=0)
     history = train.fit(cfg, tmp_path, log=lambda s: None)
     assert history[0]["val_acc"] >= 0.80, history
