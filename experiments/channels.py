@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
 from common import check
+
 from jaxcnn import ops
 
 

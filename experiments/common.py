@@ -1,4 +1,5 @@
-"""Shared by the experiment scripts: print a value beside the book's and fail loudly on a mismatch."""
+"""Shared by the experiment scripts: print a value beside the book's and fail loudly on a
+mismatch."""
 
 from __future__ import annotations
 
@@ -10,4 +11,5 @@ def check(label: str, got, expected, atol: float = 1e-5) -> None:
     got, expected = np.asarray(got), np.asarray(expected)
     print(f"{label}:\n{got}")
     if got.shape != expected.shape or not np.allclose(got, expected, atol=atol):
-        raise AssertionError(f"{label}: expected {expected.shape}\n{expected}\ngot {got.shape}\n{got}")
+        raise AssertionError(f"{label}: expected {expected.shape}\n{expected}\n"
+                             f"got {got.shape}\n{got}")

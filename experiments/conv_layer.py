@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from common import check
 from flax import nnx
 
-from common import check
 from jaxcnn import ops
 
 
@@ -20,8 +20,9 @@ def edge_input() -> jax.Array:
 
 def learn_kernel(X: jax.Array, Y: jax.Array, *, steps: int = 10, lr: float = 3e-2,
                  seed: int = 0) -> tuple[jax.Array, list[float]]:
-    """Fit a 1x2 conv (no bias, PyTorch's default uniform init as the book's LazyConv2d) to ``Y = corr2d(X, [[1, -1]])`` by plain gradient steps on the
-    summed squared error. X, Y: NHWC ``(1, h, w, 1)``. Returns the kernel ``(1, 2)`` and losses."""
+    """Fit a 1x2 conv (no bias, PyTorch's default uniform init as the book's LazyConv2d) to
+    ``Y = corr2d(X, [[1, -1]])`` by plain gradient steps on the summed squared error.
+    X, Y: NHWC ``(1, h, w, 1)``. Returns the kernel ``(1, 2)`` and losses."""
     torch_default_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
     conv = nnx.Conv(1, 1, kernel_size=(1, 2), padding="VALID", use_bias=False,
                     kernel_init=torch_default_init, rngs=nnx.Rngs(seed))

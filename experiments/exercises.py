@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from common import check
 from flax import nnx
 
-from common import check
 from jaxcnn import ops
 
 KEY = jax.random.key(0)
 
 
 def one_by_one_is_dense() -> None:
-    """Delta = 0 (a 1x1 kernel): the convolution is a dense layer applied to each pixel's channels."""
+    """Delta = 0 (a 1x1 kernel): the convolution is a dense layer applied to each pixel's
+    channels."""
     conv = nnx.Conv(3, 4, kernel_size=(1, 1), rngs=nnx.Rngs(0))
     dense = nnx.Linear(3, 4, rngs=nnx.Rngs(1))
     dense.kernel[...] = conv.kernel[...].reshape(3, 4)
@@ -36,7 +37,8 @@ def two_kernels_are_one() -> None:
     K = jax.scipy.signal.convolve2d(K1, K2, mode="full")
     check("combined kernel shape", K.shape, (3 + 2 - 1, 4 + 2 - 1))
     sequential, combined = ops.corr2d(ops.corr2d(X, K1), K2), ops.corr2d(X, K)
-    check("output shape, two kernels in sequence", sequential.shape, (10 - 3 - 2 + 2, 12 - 4 - 2 + 2))
+    check("output shape, two kernels in sequence", sequential.shape,
+          (10 - 3 - 2 + 2, 12 - 4 - 2 + 2))
     check("output shape, one combined kernel", combined.shape, (10 - 4 + 1, 12 - 5 + 1))
     check("sequential minus combined (max abs difference)",
           float(jnp.abs(sequential - combined).max()), 0.0, atol=1e-4)

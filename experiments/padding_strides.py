@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
 from common import check
+
 from jaxcnn import ops
 
 # (kernel, padding, stride) -> the book's output shape on an 8x8 input.
@@ -33,7 +33,8 @@ def main() -> None:
         check(label, output_shape(kernel, padding, stride), expected)
         pads = (padding, padding) if isinstance(padding, int) else padding
         strides = (stride, stride) if isinstance(stride, int) else stride
-        formula = [ops.conv_output_size(8, k, s, p) for k, s, p in zip(kernel, strides, pads)]
+        formula = [ops.conv_output_size(8, k, s, p)
+                   for k, s, p in zip(kernel, strides, pads, strict=True)]
         check(f"  floor((n - k + p + s) / s) for {label}", formula, expected)
     print("'SAME' keeps 8x8 at stride 1:", ops.conv2d(jnp.ones((1, 8, 8, 1)),
                                                      jnp.ones((3, 3, 1, 1)), padding="SAME").shape)

@@ -6,8 +6,8 @@ Run: ``python experiments/pooling.py`` (a few seconds on CPU).
 from __future__ import annotations
 
 import jax.numpy as jnp
-
 from common import check
+
 from jaxcnn import ops
 
 

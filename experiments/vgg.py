@@ -6,7 +6,7 @@ Run (from the repository root):
     python experiments/vgg.py [--workdir runs/vgg-book] [other `jaxcnn train` flags]
 
 the same as ``jaxcnn summary vgg && jaxcnn train vgg --recipe book``. Expected runtime: about
-5 hours on 2 CPU cores (30 images/s measured by ``jaxcnn bench``; a reduced run:
+3 hours on 2 CPU cores (52 images/s measured by ``jaxcnn bench``; a reduced run:
 ``--epochs 1 --train-examples 6400``, about 8 minutes); on a GPU not measured yet (the target
 is 120 s on an H100/H200-class card).
 The book reaches a validation accuracy of about 0.89-0.90; results in experiments/RESULTS.md.

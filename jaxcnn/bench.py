@@ -25,8 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -155,7 +156,7 @@ def _foreign_share(before, after) -> float:
     ``_cpu_ticks`` readings (0.0 when unknown)."""
     if before is None or after is None or after[1] == before[1]:
         return 0.0
-    busy, total, own = (a - b for a, b in zip(after, before))
+    busy, total, own = (a - b for a, b in zip(after, before, strict=True))
     return max(0.0, (busy - own) / total)
 
 
@@ -164,14 +165,14 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps: int | None,
-                repeats: int, torch_side: "TorchSide | None" = None,
+                repeats: int, torch_side: TorchSide | None = None,
                 dtype: str = "float32") -> dict[str, Any]:
     """Train/eval images/s, first-step seconds, FLOP rate and peak memory of model ``name``.
 
     ``batch``: ``{"image": uint8 (B, 28, 28, 1), "label": int32 (B,), "mask": bool (B,)}``.
     ``steps`` None: chosen from the second step's time (see ``TARGET_REPEAT_S``).
     """
-    from jaxcnn.train import Trainer   # deferred: it imports Orbax, slow for `jaxcnn --help`
+    from jaxcnn.train import Trainer  # deferred: it imports Orbax, slow for `jaxcnn --help`
 
     batch_size = len(batch["label"])
     torch_params = torch_side.build(name, batch_size, image_size) if torch_side else None
@@ -222,7 +223,8 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     row["gflop_per_s"] = 6 * macs * row["train_images_per_s"]["median"] / 1e9
     if torch_side is not None:
         row["torch_images_per_s"] = _spread(torch_rates)
-        row["jax_over_torch"] = _spread([j / t for j, t in zip(jax_rates, torch_rates)])
+        row["jax_over_torch"] = _spread([j / t for j, t in
+                                         zip(jax_rates, torch_rates, strict=True)])
 
     def evaluate():
         return [trainer.eval_step(state, batch) for _ in range(steps)]
@@ -315,7 +317,7 @@ def format_table(results: dict[str, Any]) -> str:
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))) for row in table]
+                       enumerate(zip(row, widths, strict=True))) for row in table]
     lines.insert(1, "-" * len(lines[0]))
     p = results["pipeline"]
     pipeline = f"input pipeline: {p['batches_per_s']:,.0f} batches/s of {p['batch_size']}"

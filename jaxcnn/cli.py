@@ -12,7 +12,8 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N,H,W,C (NHWC integers), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected N,H,W,C (NHWC integers), got {text!r}") from None
     if len(shape) != 4 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected four positive integers N,H,W,C (NHWC), "
                                          f"got {text!r}")

@@ -211,7 +211,7 @@ def _builder_class():
                     for split, arrays in self._sources.items()}
 
         def _generate_examples(self, images, labels):
-            for i, (image, label) in enumerate(zip(images, labels)):
+            for i, (image, label) in enumerate(zip(images, labels, strict=True)):
                 yield i, {"image": image, "label": label}
 
     return FashionMnist

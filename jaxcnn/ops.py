@@ -16,15 +16,15 @@ non-float input to an op that needs floats raises ``TypeError``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IntPair = Union[int, Sequence[int]]
-Padding = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+IntPair = int | Sequence[int]
+Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +86,8 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: IntPair =
     """
     for name, value in (("size", size), ("kernel", kernel), ("stride", stride),
                         ("dilation", dilation)):
-        _require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+        _require(isinstance(value, int) and value > 0,
+                 f"{name} must be a positive int, got {value!r}")
     before, after = _pair(padding, "padding")
     _require(min(before, after) >= 0, f"padding must be non-negative, got {padding!r}")
     span = dilation * (kernel - 1) + 1
@@ -198,7 +199,8 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
     _require_float(w, "w", "conv2d")
     strides = _positive_pair(stride, "stride")
     dilations = _positive_pair(dilation, "dilation")
-    _require(isinstance(groups, int) and groups > 0, f"groups must be a positive int, got {groups!r}")
+    _require(isinstance(groups, int) and groups > 0,
+             f"groups must be a positive int, got {groups!r}")
     c_in, c_out = x.shape[-1], w.shape[-1]
     _require(c_in % groups == 0 and c_out % groups == 0,
              f"conv2d: groups={groups} must divide both the input channels ({c_in}) and the "
@@ -236,7 +238,7 @@ def _pool_geometry(x: jax.Array, kernel_size: IntPair, stride: IntPair | None,
     kernel = _positive_pair(kernel_size, "kernel_size")
     strides = kernel if stride is None else _positive_pair(stride, "stride")
     pads = _pair(padding, "padding")
-    _require(min(pads) >= 0 and all(2 * p <= k for p, k in zip(pads, kernel)),
+    _require(min(pads) >= 0 and all(2 * p <= k for p, k in zip(pads, kernel, strict=True)),
              f"{op}: padding must be between 0 and half the kernel (as in PyTorch); got "
              f"padding {padding!r} for kernel {kernel}")
     for axis, name in ((0, "height"), (1, "width")):

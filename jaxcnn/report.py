@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
 

@@ -16,15 +16,15 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
 from jax.experimental import multihost_utils
 
 from jaxcnn import data, models, parallel, report
@@ -169,7 +169,8 @@ def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool, main: bool) ->
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OSError(f"workdir {str(workdir)!r} is not writable: {error.strerror or error}")
+        raise OSError(f"workdir {str(workdir)!r} is not writable: "
+                      f"{error.strerror or error}") from error
     config_path = workdir / "config.json"
     if not force_new and config_path.exists() and (workdir / "checkpoints").exists():
         saved = Config.from_dict(json.loads(config_path.read_text()))
@@ -321,5 +322,5 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[s
         raise FileNotFoundError(f"{str(workdir)!r} holds no checkpoint yet")
     state, meta = restored
     loss, acc = trainer.evaluate(state, test_images, test_labels)
-    return {"model": cfg.model, "epoch": meta["epoch"], "step": int(parallel.to_host(state["step"])),
-            "test_loss": loss, "test_acc": acc}
+    return {"model": cfg.model, "epoch": meta["epoch"],
+            "step": int(parallel.to_host(state["step"])), "test_loss": loss, "test_acc": acc}

@@ -4,6 +4,7 @@ models' parameter counts against the book's and jaxcnn's."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import pathlib
@@ -88,7 +89,7 @@ def test_torch_reference_parameter_counts(torch_reference):
         count = torch_reference.num_params(torch_reference.create(name))
         assert count == expected, name
         if name in models.REGISTRY:
-            params = nnx.state(nnx.eval_shape(lambda: models.create(name)), nnx.Param)
+            params = nnx.state(nnx.eval_shape(functools.partial(models.create, name)), nnx.Param)
             assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == expected, name
 
 

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import models
-from jaxcnn.models import ResNeXtBlock, Residual
+from jaxcnn.models import Residual, ResNeXtBlock
 
 
 def num_params(module: nnx.Module) -> int:
@@ -159,7 +159,7 @@ def test_split_merge_apply_from_plain_jax():
     chex.assert_shape(logits, (4, 10))
     before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     after = jax.tree.leaves(nnx.filter_state(new_state, nnx.BatchStat))
-    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
     params, rest = nnx.split_state(state, nnx.Param, ...)
     loss = lambda p, x: apply(nnx.merge_state(p, rest), x).sum()

@@ -41,7 +41,8 @@ class BookValuesTest(chex.TestCase):
         X = jnp.ones((6, 8)).at[:, 2:6].set(0.0)
         K = jnp.array([[1.0, -1.0]])
         corr = self.variant(ops.corr2d)
-        chex.assert_trees_all_close(corr(X, K), jnp.tile(jnp.array([0.0, 1, 0, 0, 0, -1, 0]), (6, 1)))
+        edges = jnp.tile(jnp.array([0.0, 1, 0, 0, 0, -1, 0]), (6, 1))
+        chex.assert_trees_all_close(corr(X, K), edges)
         chex.assert_trees_all_close(corr(X.T, K), jnp.zeros((8, 5)))
 
     @chex.variants(with_jit=True, without_jit=True)
@@ -68,8 +69,8 @@ class BookValuesTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_pool2d(self):
-        chex.assert_trees_all_close(self.variant(functools.partial(ops.pool2d, pool_size=(2, 2)))(X3),
-                                    jnp.array([[4.0, 5.0], [7.0, 8.0]]))
+        pool = self.variant(functools.partial(ops.pool2d, pool_size=(2, 2)))
+        chex.assert_trees_all_close(pool(X3), jnp.array([[4.0, 5.0], [7.0, 8.0]]))
         avg = self.variant(functools.partial(ops.pool2d, pool_size=(2, 2), mode="avg"))
         chex.assert_trees_all_close(avg(X3), jnp.array([[2.0, 3.0], [5.0, 6.0]]))
 
@@ -79,7 +80,8 @@ class BookValuesTest(chex.TestCase):
         chex.assert_trees_all_close(pool(kernel_size=3), jnp.array([[10.0]]))
         expected = jnp.array([[5.0, 7.0], [13.0, 15.0]])
         chex.assert_trees_all_close(pool(kernel_size=3, padding=1, stride=2), expected)
-        chex.assert_trees_all_close(pool(kernel_size=(2, 3), stride=(2, 3), padding=(0, 1)), expected)
+        chex.assert_trees_all_close(pool(kernel_size=(2, 3), stride=(2, 3), padding=(0, 1)),
+                                    expected)
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_max_pool2d_channels(self):
@@ -101,7 +103,8 @@ class BookValuesTest(chex.TestCase):
         chex.assert_shape(y, (1, *expected, 1))
         pads = (padding, padding) if isinstance(padding, int) else padding
         strides = (stride, stride) if isinstance(stride, int) else stride
-        got = tuple(ops.conv_output_size(8, k, s, p) for k, s, p in zip(kernel, strides, pads))
+        got = tuple(ops.conv_output_size(8, k, s, p)
+                    for k, s, p in zip(kernel, strides, pads, strict=True))
         assert got == expected
 
 
@@ -122,7 +125,7 @@ def reference_conv2d(x, w, b, stride, padding, dilation, groups):
         X = jnp.moveaxis(image, -1, 0)                                  # (c_in, H, W)
         K = jnp.transpose(dilated, (3, 2, 0, 1))                        # (c_out, c_in/g, kh, kw)
         per_group = [ops.corr2d_multi_in_out(Xg, Kg) for Xg, Kg in
-                     zip(jnp.split(X, groups), jnp.split(K, groups))]
+                     zip(jnp.split(X, groups), jnp.split(K, groups), strict=True)]
         Y = jnp.concatenate(per_group)[:, ::sh, ::sw]
         outputs.append(jnp.moveaxis(Y, 0, -1))
     y = jnp.stack(outputs)
@@ -158,7 +161,7 @@ def test_conv2d_matches_reference(H, W, kernel, stride, padding, dilation, group
     want = reference_conv2d(x, w, b, stride, padding, dilation, groups)
     chex.assert_trees_all_close(got, want, atol=1e-4, rtol=1e-4)
     expected_hw = tuple(ops.conv_output_size(n, k, s, p, d) for n, k, s, p, d in
-                        zip((H, W), kernel, stride, padding, dilation))
+                        zip((H, W), kernel, stride, padding, dilation, strict=True))
     chex.assert_shape(got, (2, *expected_hw, c_out))
 
 

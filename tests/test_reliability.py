@@ -96,7 +96,7 @@ def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path
     assert got == want
     (state_a, meta_a), (state_b, meta_b) = final_state(tmp_path / "reference"), final_state(workdir)
     assert int(state_a["step"]) == int(state_b["step"]) == 2 * 234
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # bitwise
     assert meta_a["digest"] == meta_b["digest"]
 

@@ -110,7 +110,8 @@ def test_scratch_batch_norm_matches_nnx(shape):
     channels = shape[-1]
     reference = layers.batch_norm(channels, rngs=nnx.Rngs(0))         # momentum 0.9, eps 1e-5
     scratch = layers.BatchNorm(channels)                               # momentum 0.1, eps 1e-5
-    for name, key in zip(("scale", "bias", "mean", "var"), keys[1:]):  # non-trivial state
+    # Non-trivial state.
+    for name, key in zip(("scale", "bias", "mean", "var"), keys[1:], strict=True):
         value = jax.random.uniform(key, (channels,), minval=0.5, maxval=1.5)
         getattr(reference, name)[...] = value
         getattr(scratch, name)[...] = value

@@ -7,8 +7,9 @@ dropout on and running averages with dropout off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -21,7 +22,7 @@ from jaxcnn.models.googlenet import GoogLeNet, Inception
 from jaxcnn.models.lenet import LeNet
 from jaxcnn.models.nin import NiN, nin_block
 from jaxcnn.models.regnet import AnyNet, RegNetX32
-from jaxcnn.models.resnet import ResNet, ResNet18, ResNeXt, ResNeXtBlock, Residual
+from jaxcnn.models.resnet import Residual, ResNet, ResNet18, ResNeXt, ResNeXtBlock
 from jaxcnn.models.vgg import VGG, vgg_block
 
 __all__ = ["LeNet", "VGG", "vgg_block", "ResNet", "ResNet18", "ResNeXt", "Residual",
@@ -61,7 +62,8 @@ REGISTRY: dict[str, ModelSpec] = {
         96, resnet.MIN_IMAGE_SIZE, 0.01, "ResNet-18 (d2l 8.6.3)"),
     "resnext": ModelSpec(
         lambda n, c, s, rngs, **kw: ResNeXt(num_classes=n, in_channels=c, rngs=rngs, **kw),
-        96, resnet.MIN_IMAGE_SIZE, 0.01, "ResNet-18's layout of ResNeXt blocks, 16 groups (d2l 8.6.5)"),
+        96, resnet.MIN_IMAGE_SIZE, 0.01,
+        "ResNet-18's layout of ResNeXt blocks, 16 groups (d2l 8.6.5)"),
     "alexnet": ModelSpec(
         lambda n, c, s, rngs, **kw: AlexNet(n, in_channels=c, image_size=s, rngs=rngs, **kw),
         224, alexnet.MIN_IMAGE_SIZE, 0.01, "AlexNet (d2l 8.1)"),
