@@ -93,8 +93,13 @@ def test_cli_trains_on_eight_simulated_devices_and_checks_counts(tmp_path):
 # One CPU device each: with two devices per process on this 2-core machine, XLA's CPU runtime
 # deadlocks now and then (one local device's thread waits in a gloo all-reduce while the other
 # local device never starts; seen with jax 0.10.2). The single-process run it is compared with
-# uses two devices, so the same global batch is split the same way.
+# uses two devices, so the same global batch is split the same way. That run can hit the same
+# XLA CPU bug in its in-process all-reduce when other work loads the cores (XLA then aborts with
+# "Termination timeout for `all reduce ..."; 2 to 3 runs in 6 under load, none seen on idle
+# cores), so only that abort is retried, at most twice.
 # ----------------------------------------------------------------------------------------------
+
+XLA_RENDEZVOUS_ABORT = "Termination timeout for `all reduce"
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -116,15 +121,19 @@ def launch(workdir: Path, port: int, process_id: int) -> subprocess.Popen:
 
 def test_two_processes_agree_with_one(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    single = subprocess.run([sys.executable, "-m", "jaxcnn", *TRAIN, "--workdir",
-                             str(tmp_path / "single")], env=env, capture_output=True, text=True)
+    for attempt in range(3):
+        single = subprocess.run([sys.executable, "-m", "jaxcnn", *TRAIN, "--workdir",
+                                 str(tmp_path / f"single{attempt}")],
+                                env=env, capture_output=True, text=True)
+        if single.returncode == 0 or XLA_RENDEZVOUS_ABORT not in single.stderr:
+            break
     assert single.returncode == 0, single.stdout + single.stderr
     port = free_port()
     processes = [launch(tmp_path / "multi", port, i) for i in (0, 1)]
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], "\n----\n".join(outputs)
     assert "epoch 1/1" in outputs[0] and "epoch 1/1" not in outputs[1]   # only process 0 logs
-    (one,), (two,) = report.read_metrics(tmp_path / "single"), report.read_metrics(
+    (one,), (two,) = report.read_metrics(tmp_path / f"single{attempt}"), report.read_metrics(
         tmp_path / "multi")
     assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
     assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)
