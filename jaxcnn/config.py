@@ -132,9 +132,9 @@ def recipe(model: str, name: str = "book", **overrides: Any) -> Config:
     ignored, so command-line defaults pass through).
 
     ``book``: SGD at the book's learning rate, batch 128, 10 epochs, the book's image size.
-    ``improved``: for LeNet, ReLU + max pooling + AdamW with a cosine schedule, batch 64 and
-    label smoothing; for the others,
-    SGD with momentum, weight decay, warm-up + cosine, augmentation and label smoothing.
+    ``improved``: for the LeNet family, ReLU + max pooling + AdamW with a cosine schedule,
+    batch 64 and label smoothing; for the others, SGD with momentum, weight decay, warm-up +
+    cosine, augmentation and label smoothing.
     """
     _choice("recipe", name, RECIPES)
     values: dict[str, Any] = {"model": model, "recipe": name}
