@@ -42,7 +42,8 @@ def test_bench_lenet_writes_json_with_every_field(tmp_path, capsys):
     assert bench.run(parse("lenet", "--steps", "2", "--repeats", "2", "--json", str(path))) == 0
     result = json.loads(path.read_text())
     assert result["device_kind"] == jax.devices()[0].device_kind
-    assert {"jax", "flax", "cpu_count", "load_1min", "batch_size"} <= set(result)
+    assert {"jax", "flax", "cpu_count", "load_1min", "batch_size", "xla_flags"} <= set(result)
+    assert result["dtype"] == "float32"
     (row,) = result["models"]
     assert row["model"] == "lenet" and row["image_size"] == 28 and row["batch_size"] == 128
     assert (row["steps"], row["repeats"], row["params"]) == (2, 2, 61_706)
