@@ -8,7 +8,7 @@ from flax import nnx
 
 from jaxcnn import ops
 from jaxcnn.layers import BatchNorm, batch_norm, conv, dense, flatten
-from jaxcnn.models.lenet import ACTIVATIONS, POOLS
+from jaxcnn.models.lenet import activation_and_pool
 
 MIN_IMAGE_SIZE = 16   # the second 2x2 pooling needs 2 rows: 16 -> 12 -> 6 -> 2 -> 1
 
@@ -27,10 +27,7 @@ class BNLeNet(nnx.Sequential):
     def __init__(self, num_classes: int = 10, *, scratch: bool = False, in_channels: int = 1,
                  image_size: int = 28, activation: str = "sigmoid", pool: str = "avg",
                  rngs: nnx.Rngs):
-        if activation not in ACTIVATIONS or pool not in POOLS:
-            raise ValueError(f"BNLeNet: activation must be one of {sorted(ACTIVATIONS)} and "
-                             f"pool one of {sorted(POOLS)}; got {activation!r}, {pool!r}")
-        act, pool_layer = ACTIVATIONS[activation], POOLS[pool]
+        act, pool_layer = activation_and_pool("BNLeNet", activation, pool)
         norm = BatchNorm if scratch else partial(batch_norm, rngs=rngs)
         side = ops.conv_output_size(ops.conv_output_size(image_size, 5), 2, 2)
         side = ops.conv_output_size(ops.conv_output_size(side, 5), 2, 2)

@@ -12,6 +12,15 @@ ACTIVATIONS = {"sigmoid": nnx.sigmoid, "relu": nnx.relu}
 POOLS = {"avg": AvgPool2d, "max": MaxPool2d}
 
 
+def activation_and_pool(model: str, activation: str, pool: str):
+    """The activation function and pooling layer class named ``activation`` and ``pool``;
+    ``ValueError`` naming ``model`` and the choices otherwise."""
+    if activation not in ACTIVATIONS or pool not in POOLS:
+        raise ValueError(f"{model}: activation must be one of {sorted(ACTIVATIONS)} and pool "
+                         f"one of {sorted(POOLS)}; got {activation!r}, {pool!r}")
+    return ACTIVATIONS[activation], POOLS[pool]
+
+
 class LeNet(nnx.Sequential):
     """conv 6@5x5 pad 2 - sigmoid - avg pool 2/2 - conv 16@5x5 - sigmoid - avg pool 2/2 -
     flatten - dense 120 - sigmoid - dense 84 - sigmoid - dense ``num_classes``.
@@ -23,10 +32,7 @@ class LeNet(nnx.Sequential):
 
     def __init__(self, num_classes: int = 10, *, in_channels: int = 1, image_size: int = 28,
                  activation: str = "sigmoid", pool: str = "avg", rngs: nnx.Rngs):
-        if activation not in ACTIVATIONS or pool not in POOLS:
-            raise ValueError(f"LeNet: activation must be one of {sorted(ACTIVATIONS)} and pool "
-                             f"one of {sorted(POOLS)}; got {activation!r}, {pool!r}")
-        act, pool_layer = ACTIVATIONS[activation], POOLS[pool]
+        act, pool_layer = activation_and_pool("LeNet", activation, pool)
         side = ops.conv_output_size(image_size, 5, 1, 2) // 2
         side = ops.conv_output_size(side, 5) // 2
         super().__init__(
