@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxcnn import parallel
+
 
 class CheckpointError(ValueError):
     """No usable checkpoint could be read."""
@@ -35,7 +37,7 @@ def digest(tree: Any) -> str:
     replicated array, of this process's copy)."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        value = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        value = parallel.to_host(leaf) if isinstance(leaf, jax.Array) else leaf
         h.update(np.ascontiguousarray(value).tobytes())
     return h.hexdigest()
 

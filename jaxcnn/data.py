@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.report import atomic_write
+
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot")
 SPLITS = ("train", "test")
@@ -239,8 +241,6 @@ def _decode(split, source_dir, root):
 def _save_npz(path, **arrays):
     """Writes arrays to path atomically (``report.atomic_write``); warns if it can't: the cache
     only saves time."""
-    from jaxcnn.report import atomic_write
-
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
