@@ -284,8 +284,11 @@ def _check_batch_size(batch_size):
 
 def num_batches(n: int, batch_size: int, train: bool) -> int:
     """Batches in one epoch of n examples: n // batch_size in training (the remainder is
-    dropped), ceil(n / batch_size) in evaluation (the last batch is padded)."""
+    dropped; ``ValueError`` when that leaves none), ceil(n / batch_size) in evaluation (the
+    last batch is padded)."""
     _check_batch_size(batch_size)
+    if train and n < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples: no batch")
     return n // batch_size if train else -(-n // batch_size)
 
 
@@ -300,8 +303,7 @@ def batches(images, labels, batch_size: int, *, seed: int = 0, epoch: int = 0, t
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
-    if num_batches(n, batch_size, train) == 0:
-        raise ValueError(f"batch_size {batch_size} exceeds the {n} examples: no batch")
+    num_batches(n, batch_size, train)                       # checks batch_size against n
     labels = np.asarray(labels, np.int32)
     if train:
         return _train_batches(images, labels, batch_size, np.random.default_rng([seed, epoch]))

@@ -198,6 +198,49 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 disable=not enabled, dynamic_ncols=True)
 
 
+def _splits(cfg: Config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train images, labels), (test images, labels), cut to ``cfg.train_examples`` /
+    ``cfg.test_examples`` for reduced runs."""
+    (train_images, train_labels), (test_images, test_labels) = (
+        data.fashion_mnist(split, cfg.data_dir) for split in ("train", "test"))
+    return ((train_images[:cfg.train_examples], train_labels[:cfg.train_examples]),
+            (test_images[:cfg.test_examples], test_labels[:cfg.test_examples]))
+
+
+def _train_epoch(trainer: Trainer, state: State, batches, *, epoch: int, first: int,
+                 loss_sum: float, steps_per_epoch: int, bar, checkpoints: Checkpoints,
+                 meta: dict) -> tuple[State, float]:
+    """Steps ``first`` to the end of ``epoch`` over ``batches`` (the epoch's, from its start).
+
+    Reads the losses back every ``SYNC_EVERY`` steps (raising ``DivergenceError`` on a bad
+    one), updates ``bar``, and saves a checkpoint at the mid-epoch checkpoint steps (``meta``
+    with the position and loss sum so far). Returns the state and the epoch's loss sum.
+    """
+    cfg, start, pending = trainer.cfg, time.perf_counter(), []
+    for index, batch in enumerate(itertools.islice(batches, first, None), start=first):
+        state, loss = trainer.train_step(state, batch)
+        pending.append(loss)
+        done = index + 1
+        step = epoch * steps_per_epoch + done
+        save_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                    and done < steps_per_epoch)
+        if len(pending) == SYNC_EVERY or done == steps_per_epoch or save_now:
+            losses = [float(parallel.to_host(v)) for v in pending]
+            for offset, value in enumerate(losses):
+                if not (math.isfinite(value) and value <= cfg.max_loss):
+                    raise DivergenceError(_divergence_message(
+                        value, step - len(losses) + offset + 1, cfg, checkpoints))
+                loss_sum += value
+            rate = (done - first) * cfg.batch_size / (time.perf_counter() - start)
+            bar.update(len(losses))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
+            pending = []
+        if save_now:
+            checkpoints.save(step, state, {**meta, "epoch": epoch, "step_in_epoch": done,
+                                           "loss_sum": loss_sum})
+    return state, loss_sum
+
+
 def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
         progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Train ``cfg`` on Fashion-MNIST, evaluating on all 10,000 test images after each epoch
@@ -213,15 +256,8 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     main = jax.process_index() == 0
     log = log if main else (lambda message: None)
     _prepare_workdir(workdir, cfg, force_new, main)
-    train_images, train_labels = data.fashion_mnist("train", cfg.data_dir)
-    test_images, test_labels = data.fashion_mnist("test", cfg.data_dir)
-    train_images, train_labels = train_images[:cfg.train_examples], train_labels[
-        :cfg.train_examples]
-    test_images, test_labels = test_images[:cfg.test_examples], test_labels[:cfg.test_examples]
+    (train_images, train_labels), (test_images, test_labels) = _splits(cfg)
     steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train_images)} "
-                         f"training examples")
     trainer = Trainer(cfg, steps_per_epoch)
     checkpoints = Checkpoints(workdir / "checkpoints")
     progress = main and (sys.stderr.isatty() if progress is None else progress)
@@ -243,34 +279,14 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
         for epoch in range(meta["epoch"], cfg.epochs):
             resume_here = epoch == meta["epoch"]
             first = meta["step_in_epoch"] if resume_here else 0
-            loss_sum = meta["loss_sum"] if resume_here else 0.0
             start = time.perf_counter()
-            batches = data.batches(train_images, train_labels, cfg.batch_size, seed=cfg.seed,
-                                   epoch=epoch, train=True)
-            pending: list[jax.Array] = []
             bar = _progress(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-            for index, batch in enumerate(itertools.islice(batches, first, None), start=first):
-                state, loss = trainer.train_step(state, batch)
-                pending.append(loss)
-                done = index + 1
-                step = epoch * steps_per_epoch + done
-                save_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                            and done < steps_per_epoch)
-                if len(pending) == SYNC_EVERY or done == steps_per_epoch or save_now:
-                    losses = [float(parallel.to_host(v)) for v in pending]
-                    for offset, value in enumerate(losses):
-                        if not (math.isfinite(value) and value <= cfg.max_loss):
-                            raise DivergenceError(_divergence_message(
-                                value, step - len(losses) + offset + 1, cfg, checkpoints))
-                        loss_sum += value
-                    rate = (done - first) * cfg.batch_size / (time.perf_counter() - start)
-                    bar.update(len(losses))
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
-                    pending = []
-                if save_now:
-                    checkpoints.save(step, state, {
-                        **meta, "epoch": epoch, "step_in_epoch": done, "loss_sum": loss_sum,
-                        "history": history})
+            state, loss_sum = _train_epoch(
+                trainer, state, data.batches(train_images, train_labels, cfg.batch_size,
+                                             seed=cfg.seed, epoch=epoch, train=True),
+                epoch=epoch, first=first, loss_sum=meta["loss_sum"] if resume_here else 0.0,
+                steps_per_epoch=steps_per_epoch, bar=bar, checkpoints=checkpoints,
+                meta={**meta, "history": history})
             bar.close()
             train_seconds = time.perf_counter() - start
             val_loss, val_acc = trainer.evaluate(state, test_images, test_labels)
