@@ -284,11 +284,13 @@ def _check_batch_size(batch_size):
 
 def num_batches(n: int, batch_size: int, train: bool) -> int:
     """Batches in one epoch of n examples: n // batch_size in training (the remainder is
-    dropped; ``ValueError`` when that leaves none), ceil(n / batch_size) in evaluation (the
-    last batch is padded)."""
+    dropped), ceil(n / batch_size) in evaluation (the last batch is padded). ``ValueError``
+    when that is no batch."""
     _check_batch_size(batch_size)
     if train and n < batch_size:
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples: no batch")
+    if n == 0:
+        raise ValueError("no examples to evaluate: no batch")
     return n // batch_size if train else -(-n // batch_size)
 
 
@@ -303,7 +305,7 @@ def batches(images, labels, batch_size: int, *, seed: int = 0, epoch: int = 0, t
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
-    num_batches(n, batch_size, train)                       # checks batch_size against n
+    num_batches(n, batch_size, train)           # raises if the split makes no batch
     labels = np.asarray(labels, np.int32)
     if train:
         return _train_batches(images, labels, batch_size, np.random.default_rng([seed, epoch]))

@@ -16,7 +16,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from jaxcnn import data, models, parallel, report
 from jaxcnn.augment import random_crop_flip
@@ -191,32 +192,31 @@ def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool, main: bool) ->
         multihost_utils.sync_global_devices("jaxcnn: workdir prepared")
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
                 disable=not enabled, dynamic_ncols=True)
 
 
 def _splits(cfg: Config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(train images, labels), (test images, labels), cut to ``cfg.train_examples`` /
-    ``cfg.test_examples`` for reduced runs."""
+    """(train images, labels), (test images, labels): uint8 ``(N, 28, 28, 1)``, int32 ``(N,)``,
+    cut to ``cfg.train_examples`` / ``cfg.test_examples`` for reduced runs."""
     (train_images, train_labels), (test_images, test_labels) = (
         data.fashion_mnist(split, cfg.data_dir) for split in ("train", "test"))
     return ((train_images[:cfg.train_examples], train_labels[:cfg.train_examples]),
             (test_images[:cfg.test_examples], test_labels[:cfg.test_examples]))
 
 
-def _train_epoch(trainer: Trainer, state: State, batches, *, epoch: int, first: int,
-                 loss_sum: float, steps_per_epoch: int, bar, checkpoints: Checkpoints,
-                 meta: dict) -> tuple[State, float]:
+def _train_epoch(trainer: Trainer, state: State, batches: Iterator[Batch], *, epoch: int,
+                 first: int, loss_sum: float, steps_per_epoch: int, bar: tqdm,
+                 checkpoints: Checkpoints, meta: dict) -> tuple[State, float]:
     """Steps ``first`` to the end of ``epoch`` over ``batches`` (the epoch's, from its start).
 
     Reads the losses back every ``SYNC_EVERY`` steps (raising ``DivergenceError`` on a bad
     one), updates ``bar``, and saves a checkpoint at the mid-epoch checkpoint steps (``meta``
     with the position and loss sum so far). Returns the state and the epoch's loss sum.
     """
-    cfg, start, pending = trainer.cfg, time.perf_counter(), []
+    cfg, start = trainer.cfg, time.perf_counter()
+    pending: list[jax.Array] = []
     for index, batch in enumerate(itertools.islice(batches, first, None), start=first):
         state, loss = trainer.train_step(state, batch)
         pending.append(loss)
@@ -280,14 +280,15 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
             resume_here = epoch == meta["epoch"]
             first = meta["step_in_epoch"] if resume_here else 0
             start = time.perf_counter()
-            bar = _progress(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-            state, loss_sum = _train_epoch(
-                trainer, state, data.batches(train_images, train_labels, cfg.batch_size,
-                                             seed=cfg.seed, epoch=epoch, train=True),
-                epoch=epoch, first=first, loss_sum=meta["loss_sum"] if resume_here else 0.0,
-                steps_per_epoch=steps_per_epoch, bar=bar, checkpoints=checkpoints,
-                meta={**meta, "history": history})
-            bar.close()
+            batches = data.batches(train_images, train_labels, cfg.batch_size, seed=cfg.seed,
+                                   epoch=epoch, train=True)
+            with _progress(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}",
+                           progress) as bar:
+                state, loss_sum = _train_epoch(
+                    trainer, state, batches, epoch=epoch, first=first,
+                    loss_sum=meta["loss_sum"] if resume_here else 0.0,
+                    steps_per_epoch=steps_per_epoch, bar=bar, checkpoints=checkpoints,
+                    meta={**meta, "history": history})
             train_seconds = time.perf_counter() - start
             val_loss, val_acc = trainer.evaluate(state, test_images, test_labels)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,

@@ -357,6 +357,8 @@ def test_batch_larger_than_training_set_or_mismatched_lengths_are_rejected(fmnis
         data.batches(images, labels, 10_001, seed=0, epoch=0, train=True)
     with pytest.raises(ValueError, match="batch_size 128 exceeds the 100 training examples"):
         data.num_batches(100, 128, train=True)
+    with pytest.raises(ValueError, match="no examples to evaluate"):
+        data.batches(images[:0], labels[:0], 32, train=False)
     assert len(list(data.batches(images, labels, 10_001, train=False))) == 1
     with pytest.raises(ValueError, match="labels"):
         data.batches(images, labels[:-1], 32, train=False)
