@@ -220,3 +220,11 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "test_acc" in capsys.readouterr().out
     assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
     assert "not a jaxcnn workdir" in capsys.readouterr().err
+
+
+def test_cli_notes_that_bfloat16_is_for_gpus(tmp_path, capsys):
+    assert cli.main(["train", "lenet", "--epochs", "1", "--batch-size", "256", "--dtype",
+                     "bfloat16", "--train-examples", "512", "--test-examples", "512",
+                     "--workdir", str(tmp_path)]) == 0
+    noted = "bfloat16 compute is for GPUs" in capsys.readouterr().err
+    assert noted == (jax.default_backend() == "cpu")
