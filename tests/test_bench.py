@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import importlib.util
 import json
 import pathlib
@@ -27,25 +28,24 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def import_experiment(name: str):
+    """The module experiments/NAME.py (the folder on sys.path only while importing)."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
 @pytest.fixture(scope="module")
 def torch_reference():
     pytest.importorskip("torch")
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import torch_reference
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
-    return torch_reference
+    return import_experiment("torch_reference")
 
 
 @pytest.fixture(scope="module")
 def torch_train(torch_reference):
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import torch_train
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
-    return torch_train
+    return import_experiment("torch_train")
 
 
 def test_bench_lenet_writes_json_with_every_field(tmp_path, capsys):
