@@ -368,32 +368,40 @@ def num_params(model: nn.Module) -> int:
 
 class TrainStep:
     """One SGD train step of model ``name`` on a fixed random batch: images float32
-    ``(batch_size, 1, S, S)``, labels int64 ``(batch_size,)``. ``time(steps)`` -> seconds."""
+    ``(batch_size, 1, S, S)``, labels int64 ``(batch_size,)``, on the GPU when PyTorch sees
+    one (else the CPU). ``time(steps)`` -> seconds."""
 
     def __init__(self, name: str, batch_size: int = 128, image_size: int | None = None,
                  lr: float = 0.01, seed: int = 0):
-        self.model = create(name, image_size=image_size, seed=seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = create(name, image_size=image_size, seed=seed).to(self.device)
         size = MODELS[name][1] if image_size is None else image_size
         generator = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(batch_size, 1, size, size, generator=generator)
-        self.labels = torch.randint(0, 10, (batch_size,), generator=generator)
+        self.images = torch.rand(batch_size, 1, size, size, generator=generator).to(self.device)
+        self.labels = torch.randint(0, 10, (batch_size,), generator=generator).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
 
-    def step(self) -> float:
-        """Forward, cross-entropy, backward, SGD update; returns the loss."""
+    def step(self) -> torch.Tensor:
+        """Forward, cross-entropy, backward, SGD update; returns the loss (on the device)."""
         loss = F.cross_entropy(self.model(self.images), self.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.item()
+        return loss.detach()
 
     def time(self, steps: int) -> float:
-        """Seconds for ``steps`` consecutive steps (the loss is read after each, as in a loop
-        that logs it, so every step has finished when the clock stops)."""
+        """Seconds for ``steps`` consecutive steps, until the last one's loss is on the host
+        (as jaxcnn's side: steps queue without a read-back, the clock stops when the last
+        result is ready; on the CPU every step finishes before the next starts anyway)."""
         start = time.perf_counter()
         for _ in range(steps):
-            self.step()
+            loss = self.step()
+        loss.item()
         return time.perf_counter() - start
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def serve() -> None:
@@ -412,7 +420,7 @@ def serve() -> None:
                 continue
             bench.time(request["warmup"])
             reply = {"params": num_params(bench.model), "threads": torch.get_num_threads(),
-                     "torch": torch.__version__}
+                     "torch": torch.__version__, "device": _device_name(bench.device)}
         else:
             reply = {"seconds": bench.time(request["steps"])}
         print(json.dumps(reply), flush=True)

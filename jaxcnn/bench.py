@@ -281,7 +281,7 @@ class TorchSide:
                           warmup=1)
         if "error" in reply:
             raise ValueError(f"--compare-torch: {reply['error']}")
-        self.version = f"{reply['torch']} ({reply['threads']} threads)"
+        self.version = f"{reply['torch']} on {reply['device']} ({reply['threads']} threads)"
         return reply["params"]
 
     def time(self, steps: int) -> float:
