@@ -21,8 +21,15 @@ import pytest
 from jaxcnn import report
 
 
+def cpu_env(devices: int) -> dict[str, str]:
+    """The environment for a child process with ``devices`` simulated CPU devices (on the CPU
+    backend also where a GPU is present, whose one device would be taken instead)."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
 def run_python(code: str, devices: int, timeout: float = 300) -> str:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = cpu_env(devices)
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -71,7 +78,7 @@ def test_eight_devices_match_one(model, size, batch, steps, lr):
 
 
 def test_cli_trains_on_eight_simulated_devices_and_checks_counts(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = cpu_env(8)
     base = [sys.executable, "-m", "jaxcnn", "train", "lenet", "--epochs", "1"]
     ok = subprocess.run(base + ["--devices", "8", "--batch-size", "512", "--workdir",
                                 str(tmp_path / "run")], env=env, capture_output=True, text=True)
@@ -111,7 +118,7 @@ TRAIN = ["train", "lenet", "--recipe", "improved", "--epochs", "1", "--batch-siz
 
 
 def launch(workdir: Path, port: int, process_id: int) -> subprocess.Popen:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = cpu_env(1)
     return subprocess.Popen(
         [sys.executable, "-m", "jaxcnn", *TRAIN, "--workdir", str(workdir),
          "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
@@ -120,7 +127,7 @@ def launch(workdir: Path, port: int, process_id: int) -> subprocess.Popen:
 
 
 def test_two_processes_agree_with_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = cpu_env(2)
     for attempt in range(3):
         single = subprocess.run([sys.executable, "-m", "jaxcnn", *TRAIN, "--workdir",
                                  str(tmp_path / f"single{attempt}")],
