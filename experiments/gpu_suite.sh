@@ -5,20 +5,20 @@
 #      side on the one GPU (their images/s are those of two runs sharing it);
 #   2. `jaxcnn bench lenet resnet18 vgg --compare-torch` (the book's PyTorch models on the same
 #      GPU) in float32, then jaxcnn alone in bfloat16, with nothing else running;
-#   3. with the time left: tests/test_train.py on the GPU.
+#   3. with the time left: the test suite on the GPU.
 # Each part runs under `timeout` with what is left of the budget; a part that fails or is cut
 # does not stop the next, and its log and the summary say how it ended. A cut training keeps
 # its completed epochs in metrics.jsonl.
 #
-# Run from the repository root, with jaxcnn importable (pip install -e '.[cuda12]', or
-# PYTHONPATH=. where jax with CUDA is already installed) and the Fashion-MNIST files reachable
-# (--data-dir, JAXCNN_FASHION_MNIST, tfds's manual dir, or Debian's package):
+# Run from the repository root, with jaxcnn importable (pip install -e '.[cuda12]' or
+# '.[cuda13]', or PYTHONPATH=. where jax with CUDA is already installed) and the Fashion-MNIST
+# files reachable (--data-dir, JAXCNN_FASHION_MNIST, tfds's manual dir, or Debian's package):
 #
 #     bash experiments/gpu_suite.sh OUTDIR [BUDGET_S [TRAIN_CAP_S]]
 #
 # BUDGET_S: seconds for the whole script (default 3600); TRAIN_CAP_S: at most this many for the
-# two training runs (default 1800), so that the benchmark keeps its share. SUITE_TRAIN_ARGS: extra `jaxcnn
-# train` flags for a reduced rehearsal (e.g. "--epochs 1 --train-examples 1280").
+# two training runs (default 1800), so that the benchmark keeps its share. SUITE_TRAIN_ARGS:
+# extra `jaxcnn train` flags for a reduced rehearsal (e.g. "--epochs 1 --train-examples 1280").
 # Writes OUTDIR/{summary.txt,devices.txt,*.log,bench-*.json,vgg-book/,resnet18-improved/}.
 set -uo pipefail
 out="${1:-runs/gpu-suite}"
@@ -74,5 +74,5 @@ part bench-float32 600 python3 -m jaxcnn bench lenet resnet18 vgg --compare-torc
     --json "$out/bench-float32.json"
 part bench-bfloat16 300 python3 -m jaxcnn bench lenet resnet18 vgg --dtype bfloat16 \
     --json "$out/bench-bfloat16.json"
-part test-train 600 python3 -m pytest -q -x -p no:cacheprovider tests/test_train.py
+part tests 1800 python3 -m pytest -q -rf -p no:cacheprovider tests
 cat "$out"/summary.txt

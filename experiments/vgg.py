@@ -7,9 +7,10 @@ Run (from the repository root):
 
 the same as ``jaxcnn summary vgg && jaxcnn train vgg --recipe book``. Expected runtime: about
 3 hours on 2 CPU cores (52 images/s measured by ``jaxcnn bench``; a reduced run:
-``--epochs 1 --train-examples 6400``, about 8 minutes); on a GPU not measured yet (the target
-is 120 s on an H100/H200-class card).
-The book reaches a validation accuracy of about 0.89-0.90; results in experiments/RESULTS.md.
+``--epochs 1 --train-examples 6400``, about 8 minutes); on one H200: 86 s in all, compile
+included, measured while another training run shared the GPU (3.1 s an epoch once alone).
+The book reaches a validation accuracy of about 0.89-0.90; seed 0 here: 0.8913 after 10 epochs
+(experiments/RESULTS.md).
 """
 
 import sys

@@ -302,14 +302,14 @@ def format_table(results: dict[str, Any]) -> str:
             + (f"\nXLA_FLAGS={results['xla_flags']}" if results.get("xla_flags") else ""))
     compare = "torch" in results
     table = [("model", "size", "steps", "train img/s (min-max)", "compile s", "eval img/s",
-              "MMAC/img", "GFLOP/s", "peak MiB")
+              "MMAC/img", "GFLOP/s", "peak RSS MiB")
              + (("torch img/s", "JAX/torch (min-max)") if compare else ())]
     for r in results["models"]:
         t = r["train_images_per_s"]
         line = (r["model"], str(r["image_size"]), f"{r['repeats']}x{r['steps']}",
                 f"{t['median']:,.1f} ({t['min']:,.1f}-{t['max']:,.1f})", f"{r['compile_s']:.1f}",
                 f"{r['eval_images_per_s']:,.1f}", f"{r['macs_per_image'] / 1e6:,.1f}",
-                f"{r['gflop_per_s']:.1f}", f"{r['peak_rss_mib']:,.0f}")
+                f"{r['gflop_per_s']:,.0f}", f"{r['peak_rss_mib']:,.0f}")
         if compare:
             q = r["jax_over_torch"]
             line += (f"{r['torch_images_per_s']['median']:,.1f}",
