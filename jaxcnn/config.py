@@ -94,10 +94,14 @@ class Config:
         return cls(**values)
 
     def differences(self, other: Config) -> list[str]:
-        """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'."""
+        """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'.
+        ``epochs`` may differ too when both keep the learning rate constant: no step so far
+        depends on the epoch count then, so a finished run can be extended."""
         mine, theirs = self.to_dict(), other.to_dict()
+        free = RESUMABLE_FIELDS + (("epochs",) if self.schedule == other.schedule == "constant"
+                                   else ())
         return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
-                if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
+                if k not in free and mine[k] != theirs[k]]
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

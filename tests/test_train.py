@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import chex
@@ -203,6 +204,22 @@ def test_resuming_a_different_config_is_refused(tmp_path):
     history = train.fit(other, tmp_path, force_new=True, log=lambda s: None)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert len(history) == 1 and saved["optimizer"] == "momentum"
+
+
+def test_a_finished_constant_lr_run_extends_to_more_epochs(tmp_path, assert_same_metrics):
+    cfg = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=0,
+                 train_examples=10_240, test_examples=2_000)
+    straight = train.fit(cfg, tmp_path / "straight", log=lambda s: None)
+    train.fit(dataclasses.replace(cfg, epochs=1), tmp_path / "extended", log=lambda s: None)
+    messages = []
+    extended = train.fit(cfg, tmp_path / "extended", log=messages.append)
+    assert messages[0].startswith("resuming") and "epoch 2" in messages[0]
+    assert_same_metrics(extended, straight, ("epoch", "train_loss", "val_loss", "val_acc"))
+    # A schedule over the whole run is another run when the epoch count changes.
+    cosine = dataclasses.replace(cfg, schedule="cosine", epochs=1)
+    train.fit(cosine, tmp_path / "cosine", log=lambda s: None)
+    with pytest.raises(ValueError, match=r"different config \(epochs: 1 != 2\)"):
+        train.fit(dataclasses.replace(cosine, epochs=2), tmp_path / "cosine", log=lambda s: None)
 
 
 def test_one_epoch_of_the_improved_lenet_reaches_080(tmp_path):
