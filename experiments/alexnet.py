@@ -11,10 +11,7 @@ the same as ``jaxcnn summary alexnet && jaxcnn train alexnet --recipe book``. Ex
 minutes. Results in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "alexnet"])
-    raise SystemExit(cli.main(["train", "alexnet", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("alexnet"))

@@ -13,13 +13,7 @@ that on a GPU. One such run ended at a validation accuracy of 0.876 (scratch) an
 (nnx.BatchNorm). Results in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    for name in ("bn_lenet_scratch", "bn_lenet"):
-        cli.main(["summary", name])
-        status = cli.main(["train", name, "--recipe", "book", *sys.argv[1:]])
-        if status:
-            raise SystemExit(status)
+    raise SystemExit(reproduce("bn_lenet_scratch", "bn_lenet"))

@@ -1,9 +1,13 @@
 """Shared by the experiment scripts: print a value beside the book's and fail loudly on a
-mismatch."""
+mismatch (chapter 7); run the book's recipe for a section's models (chapter 8)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+
+from jaxcnn import cli
 
 
 def check(label: str, got, expected, atol: float = 1e-5) -> None:
@@ -13,3 +17,21 @@ def check(label: str, got, expected, atol: float = 1e-5) -> None:
     if got.shape != expected.shape or not np.allclose(got, expected, atol=atol):
         raise AssertionError(f"{label}: expected {expected.shape}\n{expected}\n"
                              f"got {got.shape}\n{got}")
+
+
+def reproduce(*models: str, argv: list[str] | None = None) -> int:
+    """``jaxcnn summary MODEL``, then ``jaxcnn train MODEL --recipe book`` with ``argv`` (default:
+    this script's flags), for each model in turn. Returns the first nonzero exit status, else 0.
+    Several models never share one ``--workdir`` (the second would be refused, or with
+    ``--force-new`` erase the first), so that flag is refused for them."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(models) > 1 and any(a.split("=")[0] == "--workdir" for a in argv):
+        print(f"error: --workdir is not taken here: {', '.join(models)} each train into "
+              f"runs/MODEL-book", file=sys.stderr)
+        return 2
+    for name in models:
+        cli.main(["summary", name])
+        status = cli.main(["train", name, "--recipe", "book", *argv])
+        if status:
+            return status
+    return 0

@@ -11,10 +11,7 @@ the same as ``jaxcnn summary densenet && jaxcnn train densenet --recipe book``. 
 Results in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "densenet"])
-    raise SystemExit(cli.main(["train", "densenet", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("densenet"))

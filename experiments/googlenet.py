@@ -11,10 +11,7 @@ cores (30-45 minutes an epoch; a reduced run: ``--epochs 1``); on one H100/H200-
 minutes. Results in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "googlenet"])
-    raise SystemExit(cli.main(["train", "googlenet", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("googlenet"))

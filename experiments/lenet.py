@@ -11,10 +11,7 @@ recipe's in PyTorch 0.727 (`python experiments/torch_train.py lenet --seeds 0-19
 `bench` extra); the default seed 0 gives 0.7255. Results are in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "lenet"])
-    raise SystemExit(cli.main(["train", "lenet", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("lenet"))

@@ -11,10 +11,7 @@ hour an epoch; a reduced run: ``--epochs 1``); on one H100/H200-class GPU about 
 Results in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "nin"])
-    raise SystemExit(cli.main(["train", "nin", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("nin"))

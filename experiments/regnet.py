@@ -11,10 +11,7 @@ the same as ``jaxcnn summary regnetx32 && jaxcnn train regnetx32 --recipe book``
 on one H100/H200-class GPU about a minute. Results in experiments/RESULTS.md.
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "regnetx32"])
-    raise SystemExit(cli.main(["train", "regnetx32", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("regnetx32"))

@@ -13,10 +13,7 @@ compile included, while another run shared the GPU. The book reaches a validatio
 about 0.90-0.91; seed 0 here: 0.9039 after 10 epochs (experiments/RESULTS.md).
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "resnet18"])
-    raise SystemExit(cli.main(["train", "resnet18", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("resnet18"))

@@ -13,10 +13,7 @@ The book reaches a validation accuracy of about 0.89-0.90; seed 0 here: 0.8913 a
 (experiments/RESULTS.md).
 """
 
-import sys
-
-from jaxcnn import cli
+from common import reproduce
 
 if __name__ == "__main__":
-    cli.main(["summary", "vgg"])
-    raise SystemExit(cli.main(["train", "vgg", "--recipe", "book", *sys.argv[1:]]))
+    raise SystemExit(reproduce("vgg"))

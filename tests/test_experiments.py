@@ -1,12 +1,17 @@
-"""The experiment scripts run end to end; each checks its own values against the book's."""
+"""The experiment scripts run end to end: chapter 7's check their own values against the
+book's; chapter 8's print the summary and train with the book's recipe (cut short here)."""
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
+
+from jaxcnn import models
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
@@ -18,3 +23,40 @@ def test_chapter7_script(script):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+# One step of each model: the scripts' own work is the summary, the recipe and the run's files.
+SHORT = ["--epochs", "1", "--train-examples", "128", "--test-examples", "256",
+         "--checkpoint-every", "0"]
+
+
+@pytest.mark.parametrize("script, models", [("lenet", ["lenet"]),
+                                            ("batch_norm", ["bn_lenet_scratch", "bn_lenet"])])
+def test_chapter8_script_summarises_and_trains_with_the_book_recipe(script, models, tmp_path):
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / f"{script}.py"), *SHORT],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("\nTotal ") == len(models), result.stdout
+    for name in models:
+        workdir = tmp_path / "runs" / f"{name}-book"
+        saved = json.loads((workdir / "config.json").read_text())
+        assert saved["model"] == name and saved["recipe"] == "book", saved
+        assert (workdir / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_two_models_refuse_one_workdir(tmp_path):
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "batch_norm.py"),
+                             f"--workdir={tmp_path / 'both'}", *SHORT],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and "--workdir is not taken here" in result.stderr
+    assert not (tmp_path / "both").exists() and not (tmp_path / "runs").exists()
+
+
+def test_every_chapter8_script_names_registered_models():
+    scripts = [p for p in EXPERIMENTS.glob("*.py") if "reproduce(" in p.read_text()
+               and p.name != "common.py"]
+    assert len(scripts) == 9, scripts
+    for script in scripts:
+        (call,) = re.findall(r"reproduce\(([^)]*)\)", script.read_text())
+        names = re.findall(r'"([^"]+)"', call)
+        assert names and all(name in models.REGISTRY for name in names), (script.name, names)
