@@ -95,11 +95,11 @@ class Config:
 
     def differences(self, other: Config) -> list[str]:
         """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'.
-        ``epochs`` may differ too when both keep the learning rate constant: no step so far
-        depends on the epoch count then, so a finished run can be extended."""
+        ``epochs`` (``other``'s, the saved run's) may grow too when both keep the learning rate
+        constant: no step so far depends on the epoch count then, so a run can be extended."""
         mine, theirs = self.to_dict(), other.to_dict()
-        free = RESUMABLE_FIELDS + (("epochs",) if self.schedule == other.schedule == "constant"
-                                   else ())
+        extends = self.schedule == other.schedule == "constant" and self.epochs >= other.epochs
+        free = RESUMABLE_FIELDS + (("epochs",) if extends else ())
         return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
                 if k not in free and mine[k] != theirs[k]]
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -62,8 +63,7 @@ def final_state(workdir: Path):
         checkpoints.close()
 
 
-def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(
-        tmp_path, assert_same_metrics, assert_same_state):
+def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path):
     reference = subprocess.run([sys.executable, "-m", "jaxcnn", *KILL_ARGS, "--workdir",
                                 str(tmp_path / "reference")], capture_output=True, text=True)
     assert reference.returncode == 0, reference.stdout + reference.stderr
@@ -91,11 +91,13 @@ def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(
     assert process.returncode == 0, output
     assert "resuming" in output
 
-    assert_same_metrics(report.read_metrics(workdir),
-                        report.read_metrics(tmp_path / "reference"), COMPARED)
+    want = [{k: r[k] for k in COMPARED} for r in report.read_metrics(tmp_path / "reference")]
+    got = [{k: r[k] for k in COMPARED} for r in report.read_metrics(workdir)]
+    assert got == want
     (state_a, meta_a), (state_b, meta_b) = final_state(tmp_path / "reference"), final_state(workdir)
     assert int(state_a["step"]) == int(state_b["step"]) == 2 * 234
-    assert_same_state(state_b, state_a)                 # bitwise on the CPU
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # bitwise
     assert meta_a["digest"] == meta_b["digest"]
 
 
@@ -111,8 +113,7 @@ def corrupt_arrays(step_dir: Path) -> None:
         path.write_bytes(bytes(raw))
 
 
-def test_a_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(
-        tmp_path, capsys, assert_same_metrics):
+def test_a_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
     cfg = Config(model="lenet", epochs=1, batch_size=256, checkpoint_every=100)
     straight = train.fit(cfg, tmp_path / "straight", log=lambda s: None)
     workdir = tmp_path / "damaged"
@@ -126,7 +127,8 @@ def test_a_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(
     err = capsys.readouterr().err
     assert "234 is unreadable" in err and "trying an older one" in err
     assert "step 200" in messages[0]
-    assert_same_metrics(resumed, straight, ("val_acc", "train_loss"))
+    assert [r["val_acc"] for r in resumed] == [r["val_acc"] for r in straight]
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
 
 
 def test_divergence_stops_with_the_step_and_stays_resumable(tmp_path, capsys):
