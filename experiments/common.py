@@ -25,13 +25,15 @@ def reproduce(*models: str, argv: list[str] | None = None) -> int:
     Several models never share one ``--workdir`` (the second would be refused, or with
     ``--force-new`` erase the first), so that flag is refused for them."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(models) > 1 and any(a.split("=")[0] == "--workdir" for a in argv):
+    workdir = [a for a in argv if len(a.split("=")[0]) > 3 and "--workdir".startswith(
+        a.split("=")[0])]                             # argparse also takes "--work DIR"
+    if len(models) > 1 and workdir:
         print(f"error: --workdir is not taken here: {', '.join(models)} each train into "
               f"runs/MODEL-book", file=sys.stderr)
         return 2
     for name in models:
-        cli.main(["summary", name])
-        status = cli.main(["train", name, "--recipe", "book", *argv])
+        status = (cli.main(["summary", name])
+                  or cli.main(["train", name, "--recipe", "book", *argv]))
         if status:
             return status
     return 0

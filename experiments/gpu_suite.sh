@@ -74,5 +74,7 @@ part bench-float32 600 python3 -m jaxcnn bench lenet resnet18 vgg --compare-torc
     --json "$out/bench-float32.json"
 part bench-bfloat16 300 python3 -m jaxcnn bench lenet resnet18 vgg --dtype bfloat16 \
     --json "$out/bench-bfloat16.json"
+# The tests start processes of their own: none may take 75 % of the GPU's memory up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 part tests 1800 python3 -m pytest -q -rf -p no:cacheprovider tests
 cat "$out"/summary.txt

@@ -44,9 +44,9 @@ def test_chapter8_script_summarises_and_trains_with_the_book_recipe(script, mode
         assert (workdir / "metrics.jsonl").read_text().count("\n") == 1
 
 
-def test_two_models_refuse_one_workdir(tmp_path):
-    result = subprocess.run([sys.executable, str(EXPERIMENTS / "batch_norm.py"),
-                             f"--workdir={tmp_path / 'both'}", *SHORT],
+@pytest.mark.parametrize("flag", [["--workdir=both"], ["--work", "both"]])
+def test_two_models_refuse_one_workdir(flag, tmp_path):
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "batch_norm.py"), *flag, *SHORT],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2 and "--workdir is not taken here" in result.stderr
     assert not (tmp_path / "both").exists() and not (tmp_path / "runs").exists()
