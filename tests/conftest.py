@@ -1,8 +1,8 @@
 """Set before any test starts JAX's backends (and inherited by the processes tests start):
-XLA's GPU compiler autotunes kernels and reduces with atomics, so two runs of one config there
-differ in the last digits (the 7th digit of the first epoch's mean loss on an H200 with jax
-0.11.2); this flag makes GPU runs repeat bit for bit, as CPU runs do, so the tests' "same run"
-checks stay exact on both. The CPU backend ignores it."""
+two runs of one config on an H200 (jax 0.11.2) differed in the 7th digit of the first epoch's
+mean loss. This flag turns off XLA's GPU kernel autotuning and atomic reductions, the known
+sources of that, so that GPU runs repeat bit for bit as CPU runs do and the tests' "same run"
+checks stay exact (not yet run on a GPU with it). The CPU backend ignores it."""
 
 import os
 
