@@ -25,9 +25,9 @@ def reproduce(*models: str, argv: list[str] | None = None) -> int:
     Several models never share one ``--workdir`` (the second would be refused, or with
     ``--force-new`` erase the first), so that flag is refused for them."""
     argv = sys.argv[1:] if argv is None else argv
-    workdir = [a for a in argv if len(a.split("=")[0]) > 3 and "--workdir".startswith(
-        a.split("=")[0])]                             # argparse also takes "--work DIR"
-    if len(models) > 1 and workdir:
+    flags = [a.split("=")[0] for a in argv]
+    # argparse also takes an unambiguous abbreviation ("--work DIR").
+    if len(models) > 1 and any(len(f) > 3 and "--workdir".startswith(f) for f in flags):
         print(f"error: --workdir is not taken here: {', '.join(models)} each train into "
               f"runs/MODEL-book", file=sys.stderr)
         return 2

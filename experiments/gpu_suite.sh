@@ -77,4 +77,3 @@ part bench-bfloat16 300 python3 -m jaxcnn bench lenet resnet18 vgg --dtype bfloa
 # The tests start processes of their own: none may take 75 % of the GPU's memory up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 part tests 1800 python3 -m pytest -q -rf -p no:cacheprovider tests
-cat "$out"/summary.txt

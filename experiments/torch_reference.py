@@ -366,6 +366,10 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Where TrainStep runs: the GPU when PyTorch sees one, else the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class TrainStep:
     """One SGD train step of model ``name`` on a fixed random batch: images float32
     ``(batch_size, 1, S, S)``, labels int64 ``(batch_size,)``, on the GPU when PyTorch sees
@@ -373,12 +377,11 @@ class TrainStep:
 
     def __init__(self, name: str, batch_size: int = 128, image_size: int | None = None,
                  lr: float = 0.01, seed: int = 0):
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = create(name, image_size=image_size, seed=seed).to(self.device)
+        self.model = create(name, image_size=image_size, seed=seed).to(DEVICE)
         size = MODELS[name][1] if image_size is None else image_size
         generator = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(batch_size, 1, size, size, generator=generator).to(self.device)
-        self.labels = torch.randint(0, 10, (batch_size,), generator=generator).to(self.device)
+        self.images = torch.rand(batch_size, 1, size, size, generator=generator).to(DEVICE)
+        self.labels = torch.randint(0, 10, (batch_size,), generator=generator).to(DEVICE)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
 
     def step(self) -> torch.Tensor:
@@ -400,8 +403,9 @@ class TrainStep:
         return time.perf_counter() - start
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def device_name() -> str:
+    """``DEVICE`` as the benchmark's table names it: the GPU's model, or ``cpu``."""
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
 
 
 def serve() -> None:
@@ -420,7 +424,7 @@ def serve() -> None:
                 continue
             bench.time(request["warmup"])
             reply = {"params": num_params(bench.model), "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "device": _device_name(bench.device)}
+                     "torch": torch.__version__, "device": device_name()}
         else:
             reply = {"seconds": bench.time(request["steps"])}
         print(json.dumps(reply), flush=True)

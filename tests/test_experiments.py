@@ -30,14 +30,14 @@ SHORT = ["--epochs", "1", "--train-examples", "128", "--test-examples", "256",
          "--checkpoint-every", "0"]
 
 
-@pytest.mark.parametrize("script, models", [("lenet", ["lenet"]),
-                                            ("batch_norm", ["bn_lenet_scratch", "bn_lenet"])])
-def test_chapter8_script_summarises_and_trains_with_the_book_recipe(script, models, tmp_path):
+@pytest.mark.parametrize("script, names", [("lenet", ["lenet"]),
+                                           ("batch_norm", ["bn_lenet_scratch", "bn_lenet"])])
+def test_chapter8_script_summarises_and_trains_with_the_book_recipe(script, names, tmp_path):
     result = subprocess.run([sys.executable, str(EXPERIMENTS / f"{script}.py"), *SHORT],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("\nTotal ") == len(models), result.stdout
-    for name in models:
+    assert result.stdout.count("\nTotal ") == len(names), result.stdout
+    for name in names:
         workdir = tmp_path / "runs" / f"{name}-book"
         saved = json.loads((workdir / "config.json").read_text())
         assert saved["model"] == name and saved["recipe"] == "book", saved
