@@ -11,12 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_python
 
 from jaxcnn import report
 
@@ -26,14 +26,6 @@ def cpu_env(devices: int) -> dict[str, str]:
     backend also where a GPU is present, whose one device would be taken instead)."""
     return {**os.environ, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
-
-def run_python(code: str, devices: int, timeout: float = 300) -> str:
-    env = cpu_env(devices)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 EQUIVALENCE = """
@@ -70,7 +62,7 @@ print(json.dumps({{"losses1": l1, "losses8": l8,
                                                            ("resnet18", 32, 64, 2, 1e-4)])
 def test_eight_devices_match_one(model, size, batch, steps, lr):
     code = EQUIVALENCE.format(model=model, size=size, batch=batch, steps=steps, lr=lr)
-    out = run_python(code, 8)
+    out = run_python(code, cpu_env(8))
     result = json.loads(out.strip().splitlines()[-1])
     assert len(result["losses1"]) == steps
     np.testing.assert_allclose(result["losses8"], result["losses1"], rtol=0, atol=1e-5)

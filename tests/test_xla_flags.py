@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from processes import run_python
 
 from jaxcnn import xla_flags
 
@@ -60,10 +59,7 @@ print(json.dumps(out))
 
 def run_steps(**env: str) -> dict:
     environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXCNN_XLA_DEFAULTS")}
-    done = subprocess.run([sys.executable, "-c", STEPS], env={**environ, **env},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return json.loads(run_python(STEPS, {**environ, **env}).splitlines()[-1])
 
 
 @pytest.mark.skipif(not xla_flags.cpu_defaults(), reason="this jaxlib gets no extra flags")
