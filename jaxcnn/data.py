@@ -339,7 +339,14 @@ def preprocess(images, image_size: int) -> jax.Array:
     the input size, bilinear resize as the book's torchvision Resize. Pure jnp: call it inside
     the jitted step, so the host moves only uint8 28x28 images.
     """
-    x = jnp.asarray(images).astype(jnp.float32) / 255.0
+    images = jnp.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"preprocess expects images in NHWC layout (batch, height, width, "
+                         f"channels); got shape {images.shape}")
+    if images.dtype != jnp.uint8:
+        raise TypeError(f"preprocess expects uint8 images (0-255, as data.fashion_mnist gives) "
+                        f"and divides them by 255; got dtype {images.dtype}")
+    x = images.astype(jnp.float32) / 255.0
     b, h, w, c = x.shape
     if (h, w) == (image_size, image_size):
         return x

@@ -71,10 +71,23 @@ def conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int =
                 rngs=rngs)
 
 
-def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+class Linear(nnx.Linear):
+    """``nnx.Linear`` that explains a wrong input width instead of failing inside XLA: after a
+    flatten it means images of another size than the model was built for."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"a dense layer expected (batch, {self.in_features}) features; got "
+                             f"shape {tuple(x.shape)}. After a flatten this means images of "
+                             f"another size than the model was built for: build it with "
+                             f"models.create(name, image_size=...) for your images")
+        return super().__call__(x)
+
+
+def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> Linear:
     """``nn.Linear`` with the book's Xavier-uniform kernel and PyTorch's default bias."""
-    return nnx.Linear(in_features, out_features, kernel_init=XAVIER,
-                      bias_init=torch_bias_init(in_features), rngs=rngs)
+    return Linear(in_features, out_features, kernel_init=XAVIER,
+                  bias_init=torch_bias_init(in_features), rngs=rngs)
 
 
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -44,12 +44,11 @@ def _require_float(x: jax.Array, name: str, op: str) -> None:
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
     """An int or a 2-sequence as ``(h, w)``."""
     if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(value)
-        _require(len(pair) == 2 and all(isinstance(v, int) for v in pair),
-                 f"{name} must be an int or a pair of ints (h, w), got {value!r}")
-    return pair  # type: ignore[return-value]
+        return (value, value)
+    _require(isinstance(value, Sequence) and len(value) == 2
+             and all(isinstance(v, int) for v in value),
+             f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    return tuple(value)  # type: ignore[return-value]
 
 
 def _positive_pair(value: IntPair, name: str) -> tuple[int, int]:
@@ -138,7 +137,9 @@ def corr2d_multi_in_out(X: jax.Array, K: jax.Array) -> jax.Array:
     """One multi-input correlation per output channel: X ``(c_i, h, w)``,
     K ``(c_o, c_i, kh, kw)`` -> ``(c_o, h', w')``."""
     X, K = jnp.asarray(X), jnp.asarray(K)
-    _require(K.ndim == 4, f"corr2d_multi_in_out expects K (c_o, c_i, kh, kw); got K {K.shape}")
+    _require(X.ndim == 3 and K.ndim == 4 and X.shape[0] == K.shape[1],
+             "corr2d_multi_in_out expects X (c_i, h, w) and K (c_o, c_i, kh, kw) with the same "
+             f"c_i; got X {X.shape} and K {K.shape}")
     return jax.vmap(corr2d_multi_in, in_axes=(None, 0))(X, K)
 
 
@@ -197,6 +198,9 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
                           f"got shape {w.shape}")
     _require_float(x, "x", "conv2d")
     _require_float(w, "w", "conv2d")
+    if x.dtype != w.dtype:
+        raise TypeError(f"conv2d: x and w must have one dtype; got x {x.dtype} and w {w.dtype} "
+                        f"(cast one, e.g. w.astype(x.dtype))")
     strides = _positive_pair(stride, "stride")
     dilations = _positive_pair(dilation, "dilation")
     _require(isinstance(groups, int) and groups > 0,

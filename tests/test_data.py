@@ -378,6 +378,14 @@ def test_preprocess_scales_to_unit_range_and_resizes_under_jit(fmnist_test, size
     assert out.mean() == pytest.approx(images.mean() / 255, abs=2e-3)
 
 
+def test_preprocess_refuses_what_it_would_scale_wrongly(fmnist_test):
+    images = fmnist_test[0][:2]
+    with pytest.raises(TypeError, match="expects uint8 images .* got dtype float32"):
+        data.preprocess(images.astype(np.float32) / 255, 28)     # already scaled: not again
+    with pytest.raises(ValueError, match=r"NHWC .* got shape \(2, 28, 28\)"):
+        data.preprocess(images[..., 0], 28)
+
+
 def test_a_data_dir_that_does_not_exist_is_an_error_even_when_cached(tmp_path, tfds_dir,
                                                                     fmnist_test):
     with pytest.raises(data.MissingSourceError, match="data directory .*nowhere does not exist"):

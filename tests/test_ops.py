@@ -266,6 +266,11 @@ def _ones(*shape):
     (lambda: ops.corr2d(_ones(2, 2), _ones(3, 3)), r"kernel \(3, 3\).*\(2, 2\)"),
     (lambda: ops.corr2d_multi_in(_ones(2, 3, 3), _ones(3, 2, 2)), r"\(2, 3, 3\).*\(3, 2, 2\)"),
     (lambda: ops.corr2d_multi_in_out(_ones(2, 3, 3), _ones(2, 2, 2)), r"\(2, 2, 2\)"),
+    (lambda: ops.corr2d_multi_in_out(_ones(2, 5, 5), _ones(4, 3, 2, 2)),
+     r"^corr2d_multi_in_out expects .* got X \(2, 5, 5\) and K \(4, 3, 2, 2\)$"),
+    (lambda: ops.conv2d(_ones(1, 5, 5, 1), _ones(3, 3, 1, 1), stride=1.5),
+     r"stride must be an int or a pair of ints \(h, w\), got 1.5"),
+    (lambda: ops.max_pool2d(_ones(1, 4, 4, 1), 2, padding="1"), r"padding must be an int"),
     (lambda: ops.corr2d_multi_in_out_1x1(_ones(3, 3, 3), _ones(2, 3, 2, 2)), r"\(2, 3, 2, 2\)"),
     (lambda: ops.pool2d(X3, 2, mode="median"), r"'max' or 'avg'"),
     (lambda: ops.pool2d(X3, 4), r"window \(4, 4\).*\(3, 3\)"),
@@ -286,6 +291,12 @@ def test_bad_shapes_raise_value_error(call, match):
 def test_non_float_input_raises_type_error(call):
     with pytest.raises(TypeError, match=r"floating-point.*int|floating-point.*uint8"):
         call()
+
+
+def test_mixed_dtypes_in_conv2d_raise_type_error():
+    with pytest.raises(TypeError, match="x and w must have one dtype; got x bfloat16 and w "
+                                        "float32"):
+        ops.conv2d(jnp.ones((1, 5, 5, 1), jnp.bfloat16), _ones(3, 3, 1, 1))
 
 
 def test_conv_output_size_agrees_with_conv2d():

@@ -227,6 +227,19 @@ def test_nchw_input_is_explained(name, size):
         model(np.zeros((2, 28, 28), np.float32))
 
 
+@pytest.mark.parametrize("name, built, given", [("lenet", 28, 32), ("vgg", 32, 64),
+                                                ("alexnet", 65, 128), ("bn_lenet", 28, 20)])
+def test_images_of_another_size_are_explained(name, built, given):
+    from jaxcnn import models
+
+    model = models.create(name, image_size=built)
+    model.eval()
+    with pytest.raises(ValueError, match=r"a dense layer expected \(batch, \d+\) features; got "
+                                         r"shape \(1, \d+\)\. .*models\.create\(name, "
+                                         r"image_size=\.\.\.\)"):
+        model(np.zeros((1, given, given, 1), np.float32))
+
+
 def test_integer_images_are_explained():
     from jaxcnn import models
 
