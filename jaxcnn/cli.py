@@ -49,9 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
     main = jax.process_index() == 0
     if main:
-        print(f"training {cfg.model} ({cfg.recipe} recipe: {cfg.optimizer}, lr {cfg.lr}, batch "
-              f"{cfg.batch_size}, {cfg.epochs} epochs, {cfg.image_size}x{cfg.image_size}) in "
-              f"{workdir}")
+        base = config.recipe(cfg.model, cfg.recipe)
+        changed = [name for name in ("optimizer", "lr", "batch_size", "epochs", "image_size")
+                   if getattr(cfg, name) != getattr(base, name)]
+        recipe = f"{cfg.recipe} recipe" + (f", {', '.join(changed)} changed" if changed else "")
+        print(f"training {cfg.model} ({cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}, "
+              f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, {cfg.image_size}x{cfg.image_size}; "
+              f"{recipe}) in {workdir}")
         if cfg.dtype == "bfloat16" and jax.default_backend() == "cpu":
             print("note: bfloat16 compute is for GPUs; on a 2-core x86 CPU it ran at 0.76x "
                   "(LeNet) and 1.03x (ResNet-18) float32's speed (experiments/RESULTS.md)",
@@ -68,7 +72,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = train.evaluate_workdir(args.workdir, args.data_dir)
     print(f"{result['model']} best checkpoint (epoch {result['epoch']}, step {result['step']}): "
-          f"test_acc {result['test_acc']:.4f}  test_loss {result['test_loss']:.4f}")
+          f"test_acc {result['test_acc']:.4f}  test_loss {result['test_loss']:.4f}  (all "
+          f"{result['test_examples']:,} test images)")
     return 0
 
 
@@ -93,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="default 10")
     train.add_argument("--batch-size", type=int, help="default 128")
     train.add_argument("--lr", type=float, help="default: the book's for the model")
-    train.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"))
+    train.add_argument("--optimizer", choices=("sgd", "momentum", "adam", "adamw"),
+                       help="default: the recipe's (book: sgd; improved: adamw for the LeNets, "
+                            "momentum for the others)")
     train.add_argument("--image-size", type=int,
                        help="input side (default: the book's, 28 / 224 / 96)")
     train.add_argument("--seed", type=int, help="default 0")

@@ -7,8 +7,10 @@ when a run resumes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jaxcnn import models
@@ -64,6 +66,9 @@ class Config:
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
         _non_negative_int("checkpoint_every", self.checkpoint_every)
+        _non_negative_int("seed", self.seed)
+        if self.seed >= 2**63:                      # jax.random.key takes a C long
+            raise ValueError(f"seed must be below 2**63, got {self.seed!r}")
         for name in ("devices", "train_examples", "test_examples"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -87,11 +92,22 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
+        if not isinstance(values, dict):
+            raise ValueError(f"a config is a JSON object of fields; got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Config:
+        """The config saved at ``path`` (a run's ``config.json``); ``ValueError`` naming the file
+        when it is not valid JSON or not a valid config."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (ValueError, TypeError) as error:   # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{str(path)!r} is not a valid jaxcnn config: {error}") from None
 
     def differences(self, other: Config) -> list[str]:
         """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'.

@@ -39,12 +39,29 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return False
     if num_processes == -1:                       # let JAX detect the cluster (e.g. SLURM)
         coordinator = num_processes = process_id = None
+    else:
+        _check_run(coordinator, num_processes, process_id)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs: dict[str, Any] = {}
     if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
         kwargs["heartbeat_timeout_seconds"] = heartbeat_timeout_s
     jax.distributed.initialize(coordinator, num_processes, process_id, **kwargs)
     return True
+
+
+def _check_run(coordinator: str | None, num_processes: int | None,
+               process_id: int | None) -> None:
+    """``ValueError`` saying what is missing or malformed in a described multi-process run."""
+    host, _, port = (coordinator or "").rpartition(":")
+    if not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"--coordinator (or {ENV[0]}) must be HOST:PORT, e.g. 10.0.0.1:1234; "
+                         f"got {coordinator!r}")
+    if not (isinstance(num_processes, int) and num_processes > 0):
+        raise ValueError(f"--num-processes (or {ENV[1]}) must be a positive integer, or -1 to "
+                         f"let JAX detect the cluster; got {num_processes!r}")
+    if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
+        raise ValueError(f"--process-id (or {ENV[2]}) must be from 0 to {num_processes - 1}; "
+                         f"got {process_id!r}")
 
 
 def make_mesh(devices: int | None = None) -> Mesh:

@@ -11,7 +11,6 @@ update, and donates the old state's buffers. Randomness per step is
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import shutil
 import sys
@@ -164,6 +163,8 @@ class Trainer:
 def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool, main: bool) -> None:
     """Create ``workdir``, refuse to resume an incompatible config, start over if asked. Only
     the main process writes; the others wait for it."""
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"workdir {str(workdir)!r} is a file, not a directory")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write-test-{jax.process_index()}"
@@ -174,7 +175,7 @@ def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool, main: bool) ->
                       f"{error.strerror or error}") from error
     config_path = workdir / "config.json"
     if not force_new and config_path.exists() and (workdir / "checkpoints").exists():
-        saved = Config.from_dict(json.loads(config_path.read_text()))
+        saved = Config.read(config_path)
         differences = cfg.differences(saved)
         if differences:
             raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config "
@@ -202,6 +203,11 @@ def _splits(cfg: Config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
     cut to ``cfg.train_examples`` / ``cfg.test_examples`` for reduced runs."""
     (train_images, train_labels), (test_images, test_labels) = (
         data.fashion_mnist(split, cfg.data_dir) for split in ("train", "test"))
+    for name, wanted, available in (("train_examples", cfg.train_examples, len(train_images)),
+                                    ("test_examples", cfg.test_examples, len(test_images))):
+        if wanted is not None and wanted > available:
+            raise ValueError(f"{name} {wanted} is more than the {available:,} images of the "
+                             f"{name.split('_')[0]} split")
     return ((train_images[:cfg.train_examples], train_labels[:cfg.train_examples]),
             (test_images[:cfg.test_examples], test_labels[:cfg.test_examples]))
 
@@ -269,8 +275,12 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
                 "best_val_acc": None}
     else:
         state, meta = restored
-        log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step "
-            f"{meta['epoch'] * steps_per_epoch + meta['step_in_epoch']}")
+        if meta["epoch"] >= cfg.epochs:
+            log(f"{workdir} holds this run, finished at epoch {meta['epoch']}: nothing to "
+                f"train (--force-new starts over)")
+        else:
+            log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step "
+                f"{meta['epoch'] * steps_per_epoch + meta['step_in_epoch']}")
     history = list(meta["history"])
     if main:
         report.write_metrics(workdir, history)
@@ -324,10 +334,13 @@ def _divergence_message(value: float, step: int, cfg: Config, checkpoints: Check
 def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
     """Test loss and accuracy of the best checkpoint in ``workdir``."""
     workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist (or is not a "
+                                f"directory)")
     config_path = workdir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{str(workdir)!r} holds no config.json: not a jaxcnn workdir")
-    cfg = Config.from_dict(json.loads(config_path.read_text()))
+    cfg = Config.read(config_path)
     test_images, test_labels = data.fashion_mnist("test", data_dir or cfg.data_dir)
     trainer = Trainer(cfg, data.num_batches(60_000, cfg.batch_size, train=True))
     checkpoints = Checkpoints(workdir / "checkpoints")
@@ -340,4 +353,5 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[s
     state, meta = restored
     loss, acc = trainer.evaluate(state, test_images, test_labels)
     return {"model": cfg.model, "epoch": meta["epoch"],
-            "step": int(parallel.to_host(state["step"])), "test_loss": loss, "test_acc": acc}
+            "step": int(parallel.to_host(state["step"])), "test_loss": loss, "test_acc": acc,
+            "test_examples": len(test_images)}

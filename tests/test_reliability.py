@@ -163,6 +163,16 @@ def cli_error(capsys, *argv: str) -> str:
     (["train", "vgg", "--image-size", "16"], "image_size 16 is too small for vgg: it needs at "
                                              "least 32"),
     (["summary", "resnet9"], "unknown model 'resnet9'"),
+    (["train", "lenet", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
+    (["train", "lenet", "--coordinator", "nohostport", "--num-processes", "1", "--process-id",
+      "0"], "--coordinator (or JAX_COORDINATOR_ADDRESS) must be HOST:PORT, e.g. 10.0.0.1:1234; "
+            "got 'nohostport'"),
+    (["train", "lenet", "--num-processes", "2"], "must be HOST:PORT, e.g. 10.0.0.1:1234; got "
+                                                 "None"),
+    (["train", "lenet", "--coordinator", "127.0.0.1:1234", "--num-processes", "0"],
+     "--num-processes (or JAX_NUM_PROCESSES) must be a positive integer, or -1"),
+    (["train", "lenet", "--coordinator", "127.0.0.1:1234", "--num-processes", "2",
+      "--process-id", "2"], "--process-id (or JAX_PROCESS_ID) must be from 0 to 1; got 2"),
 ])
 def test_bad_arguments(capsys, argv, message):
     assert message in cli_error(capsys, *argv)
@@ -180,6 +190,26 @@ def test_unwritable_workdir(tmp_path, capsys):
     blocker.write_text("")
     err = cli_error(capsys, "train", "lenet", "--workdir", str(blocker / "run"))
     assert "is not writable" in err and "a-file/run" in err
+    err = cli_error(capsys, "train", "lenet", "--workdir", str(blocker))
+    assert err.endswith(f"workdir {str(blocker)!r} is a file, not a directory")
+
+
+def test_a_corrupt_config_names_its_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for text, problem in [("{bad", "Expecting property name"),
+                          ("[]", "a config is a JSON object of fields; got list")]:
+        (run / "config.json").write_text(text)
+        for argv in (["eval", str(run)], ["train", "lenet", "--workdir", str(run)]):
+            err = cli_error(capsys, *argv)
+            assert f"{str(run / 'config.json')!r} is not a valid jaxcnn config: {problem}" in err
+
+
+def test_more_examples_than_the_split_holds(tmp_path, capsys):
+    err = cli_error(capsys, "train", "lenet", "--train-examples", "70000", "--workdir",
+                    str(tmp_path / "run"))
+    assert err.endswith("train_examples 70000 is more than the 60,000 images of the train split")
+    assert not (tmp_path / "run" / "checkpoints").exists()      # so a corrected run may start
 
 
 @pytest.fixture

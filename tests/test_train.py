@@ -139,7 +139,9 @@ def test_config_rejects_bad_values():
                        (dict(optimizer="rmsprop"), "optimizer must be one of"),
                        (dict(model="resnet9"), "unknown model 'resnet9'"),
                        (dict(image_size=0), "image_size must be a positive integer"),
-                       (dict(dtype="float16"), "dtype must be one of float32, bfloat16")]:
+                       (dict(dtype="float16"), "dtype must be one of float32, bfloat16"),
+                       (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+                       (dict(seed=2**63), "seed must be below 2\\*\\*63")]:
         with pytest.raises(ValueError, match=match):
             Config(**bad)
 
@@ -240,9 +242,14 @@ def test_cli_train_and_eval(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and "final val_acc" in out
     assert cli.main(["eval", workdir]) == 0
-    assert "test_acc" in capsys.readouterr().out
+    assert "(all 10,000 test images)" in capsys.readouterr().out
     assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "'" + str(tmp_path / "nothing") + "' does not exist" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path)]) == 2
     assert "not a jaxcnn workdir" in capsys.readouterr().err
+    assert cli.main(["train", "lenet", "--epochs", "1", "--batch-size", "512",
+                     "--workdir", workdir]) == 0                 # the finished run, again
+    assert "holds this run, finished at epoch 1: nothing to train" in capsys.readouterr().out
 
 
 def test_cli_notes_that_bfloat16_is_for_gpus(tmp_path, capsys):
