@@ -14,4 +14,4 @@ minutes. Results in experiments/RESULTS.md.
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("alexnet"))
+    raise SystemExit(reproduce("alexnet", doc=__doc__))

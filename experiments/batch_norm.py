@@ -16,4 +16,4 @@ that on a GPU. One such run ended at a validation accuracy of 0.876 (scratch) an
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("bn_lenet_scratch", "bn_lenet"))
+    raise SystemExit(reproduce("bn_lenet_scratch", "bn_lenet", doc=__doc__))

@@ -19,20 +19,20 @@ def check(label: str, got, expected, atol: float = 1e-5) -> None:
                              f"got {got.shape}\n{got}")
 
 
-def reproduce(*models: str, argv: list[str] | None = None) -> int:
+def reproduce(*models: str, doc: str = "", argv: list[str] | None = None) -> int:
     """``jaxcnn summary MODEL``, then ``jaxcnn train MODEL --recipe book`` with ``argv`` (default:
-    this script's flags), for each model in turn; ``-h`` prints the script's docstring instead.
-    Returns the first nonzero exit status, else 0.
-    Several models never share one ``--workdir`` (the second would be refused, or with
-    ``--force-new`` erase the first), so that flag is refused for them."""
+    this script's flags), for each model in turn; ``-h`` prints ``doc`` (the script's docstring)
+    instead. Returns the first nonzero exit status, else 0. Several models never share one
+    ``--workdir`` (the second would be refused, or with ``--force-new`` erase the first), so
+    that flag is refused for them."""
     argv = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(argv):
-        print((sys.modules["__main__"].__doc__ or "").strip())
+    flags = [a.split("=")[0] for a in argv]
+    # argparse also takes an unambiguous abbreviation ("--work DIR", "--he").
+    if any(f == "-h" or len(f) > 2 and "--help".startswith(f) for f in flags):
+        print(doc.strip())
         print(f"\nOther flags: those of `jaxcnn train` (`jaxcnn train --help`), without MODEL: "
               f"this script trains {' and '.join(models)}.")
         return 0
-    flags = [a.split("=")[0] for a in argv]
-    # argparse also takes an unambiguous abbreviation ("--work DIR").
     if len(models) > 1 and any(len(f) > 3 and "--workdir".startswith(f) for f in flags):
         print(f"error: --workdir is not taken here: {', '.join(models)} each train into "
               f"runs/MODEL-book", file=sys.stderr)

@@ -14,4 +14,4 @@ Results in experiments/RESULTS.md.
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("densenet"))
+    raise SystemExit(reproduce("densenet", doc=__doc__))

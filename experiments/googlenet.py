@@ -14,4 +14,4 @@ minutes. Results in experiments/RESULTS.md.
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("googlenet"))
+    raise SystemExit(reproduce("googlenet", doc=__doc__))

@@ -15,4 +15,4 @@ recipe's in PyTorch 0.727 (`python experiments/torch_train.py lenet --seeds 0-19
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("lenet"))
+    raise SystemExit(reproduce("lenet", doc=__doc__))

@@ -14,4 +14,4 @@ on one H100/H200-class GPU about a minute. Results in experiments/RESULTS.md.
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("regnetx32"))
+    raise SystemExit(reproduce("regnetx32", doc=__doc__))

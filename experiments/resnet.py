@@ -16,4 +16,4 @@ about 0.90-0.91; seed 0 here: 0.9039 after 10 epochs (experiments/RESULTS.md).
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("resnet18"))
+    raise SystemExit(reproduce("resnet18", doc=__doc__))

@@ -16,4 +16,4 @@ The book reaches a validation accuracy of about 0.89-0.90; seed 0 here: 0.8913 a
 from common import reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(reproduce("vgg"))
+    raise SystemExit(reproduce("vgg", doc=__doc__))

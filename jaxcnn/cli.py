@@ -50,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = jax.process_index() == 0
     if main:
         base = config.recipe(cfg.model, cfg.recipe)
-        changed = [name for name in ("optimizer", "lr", "batch_size", "epochs", "image_size")
+        changed = ["--" + name.replace("_", "-")
+                   for name in ("optimizer", "lr", "batch_size", "epochs", "image_size")
                    if getattr(cfg, name) != getattr(base, name)]
         recipe = f"{cfg.recipe} recipe" + (f", {', '.join(changed)} changed" if changed else "")
         print(f"training {cfg.model} ({cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}, "

@@ -107,7 +107,7 @@ class Config:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (ValueError, TypeError) as error:   # json.JSONDecodeError is a ValueError
-            raise ValueError(f"{str(path)!r} is not a valid jaxcnn config: {error}") from None
+            raise ValueError(f"{str(path)!r} is not a valid jaxcnn config: {error}") from error
 
     def differences(self, other: Config) -> list[str]:
         """Fields (other than ``RESUMABLE_FIELDS``) whose values differ, as 'name: a != b'.

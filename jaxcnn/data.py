@@ -333,7 +333,8 @@ def _pad(x, size):
 
 
 def preprocess(images, image_size: int) -> jax.Array:
-    """uint8 images [B, H, W, C] -> float32 [B, S, S, C] in [0, 1], S = image_size (static).
+    """uint8 (or other integer) images [B, H, W, C] in 0-255 -> float32 [B, S, S, C] in [0, 1],
+    S = image_size (static).
 
     x / 255 as the book's ToTensor (no mean/std standardization), then, when S differs from
     the input size, bilinear resize as the book's torchvision Resize. Pure jnp: call it inside
@@ -343,9 +344,10 @@ def preprocess(images, image_size: int) -> jax.Array:
     if images.ndim != 4:
         raise ValueError(f"preprocess expects images in NHWC layout (batch, height, width, "
                          f"channels); got shape {images.shape}")
-    if images.dtype != jnp.uint8:
-        raise TypeError(f"preprocess expects uint8 images (0-255, as data.fashion_mnist gives) "
-                        f"and divides them by 255; got dtype {images.dtype}")
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+        raise TypeError(f"preprocess expects integer images in 0-255 (uint8, as "
+                        f"data.fashion_mnist gives) and divides them by 255; got dtype "
+                        f"{images.dtype}")
     x = images.astype(jnp.float32) / 255.0
     b, h, w, c = x.shape
     if (h, w) == (image_size, image_size):

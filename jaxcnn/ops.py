@@ -16,6 +16,7 @@ non-float input to an op that needs floats raises ``TypeError``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Literal
 
 import jax
@@ -43,12 +44,12 @@ def _require_float(x: jax.Array, name: str, op: str) -> None:
 
 def _pair(value: IntPair, name: str) -> tuple[int, int]:
     """An int or a 2-sequence as ``(h, w)``."""
-    if isinstance(value, int):
-        return (value, value)
+    if isinstance(value, Integral):
+        return (int(value), int(value))
     _require(isinstance(value, Sequence) and len(value) == 2
-             and all(isinstance(v, int) for v in value),
+             and all(isinstance(v, Integral) for v in value),
              f"{name} must be an int or a pair of ints (h, w), got {value!r}")
-    return tuple(value)  # type: ignore[return-value]
+    return (int(value[0]), int(value[1]))
 
 
 def _positive_pair(value: IntPair, name: str) -> tuple[int, int]:

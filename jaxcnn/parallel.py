@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from numbers import Integral
 from typing import Any
 
 import jax
@@ -35,7 +36,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         num_processes = int(os.environ[ENV[1]])
     if process_id is None and os.environ.get(ENV[2]):
         process_id = int(os.environ[ENV[2]])
-    if coordinator is None and num_processes is None:
+    if coordinator is None and num_processes is None and process_id is None:
         return False
     if num_processes == -1:                       # let JAX detect the cluster (e.g. SLURM)
         coordinator = num_processes = process_id = None
@@ -51,16 +52,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 def _check_run(coordinator: str | None, num_processes: int | None,
                process_id: int | None) -> None:
-    """``ValueError`` saying what is missing or malformed in a described multi-process run."""
+    """``ValueError`` for a malformed value of a described multi-process run. Values not given
+    are left to ``jax.distributed.initialize``, which takes them from a cluster it detects."""
     host, _, port = (coordinator or "").rpartition(":")
-    if not (host and port.isdigit() and 0 < int(port) < 65536):
+    if coordinator is not None and not (host and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"--coordinator (or {ENV[0]}) must be HOST:PORT, e.g. 10.0.0.1:1234; "
                          f"got {coordinator!r}")
-    if not (isinstance(num_processes, int) and num_processes > 0):
+    if num_processes is not None and not (isinstance(num_processes, Integral)
+                                          and num_processes > 0):
         raise ValueError(f"--num-processes (or {ENV[1]}) must be a positive integer, or -1 to "
                          f"let JAX detect the cluster; got {num_processes!r}")
-    if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
-        raise ValueError(f"--process-id (or {ENV[2]}) must be from 0 to {num_processes - 1}; "
+    if process_id is not None and not (isinstance(process_id, Integral) and 0 <= process_id
+                                       and (num_processes is None or process_id < num_processes)):
+        bound = "" if num_processes is None else f" below --num-processes {num_processes}"
+        raise ValueError(f"--process-id (or {ENV[2]}) must be a non-negative integer{bound}; "
                          f"got {process_id!r}")
 
 

@@ -175,7 +175,11 @@ def _prepare_workdir(workdir: Path, cfg: Config, force_new: bool, main: bool) ->
                       f"{error.strerror or error}") from error
     config_path = workdir / "config.json"
     if not force_new and config_path.exists() and (workdir / "checkpoints").exists():
-        saved = Config.read(config_path)
+        try:
+            saved = Config.read(config_path)
+        except ValueError as error:
+            raise ValueError(f"{error}; use another --workdir, or --force-new to start "
+                             f"over") from error
         differences = cfg.differences(saved)
         if differences:
             raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config "
@@ -261,8 +265,8 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     workdir = Path(workdir)
     main = jax.process_index() == 0
     log = log if main else (lambda message: None)
-    _prepare_workdir(workdir, cfg, force_new, main)
     (train_images, train_labels), (test_images, test_labels) = _splits(cfg)
+    _prepare_workdir(workdir, cfg, force_new, main)
     steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
     trainer = Trainer(cfg, steps_per_epoch)
     checkpoints = Checkpoints(workdir / "checkpoints")
@@ -276,8 +280,9 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     else:
         state, meta = restored
         if meta["epoch"] >= cfg.epochs:
+            extend = ("a larger --epochs extends it, " if cfg.schedule == "constant" else "")
             log(f"{workdir} holds this run, finished at epoch {meta['epoch']}: nothing to "
-                f"train (--force-new starts over)")
+                f"train ({extend}--force-new starts over)")
         else:
             log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step "
                 f"{meta['epoch'] * steps_per_epoch + meta['step_in_epoch']}")

@@ -380,8 +380,10 @@ def test_preprocess_scales_to_unit_range_and_resizes_under_jit(fmnist_test, size
 
 def test_preprocess_refuses_what_it_would_scale_wrongly(fmnist_test):
     images = fmnist_test[0][:2]
-    with pytest.raises(TypeError, match="expects uint8 images .* got dtype float32"):
+    with pytest.raises(TypeError, match="expects integer images in 0-255 .* got dtype float32"):
         data.preprocess(images.astype(np.float32) / 255, 28)     # already scaled: not again
+    np.testing.assert_array_equal(data.preprocess(images.astype(np.int32), 28),
+                                  data.preprocess(images, 28))
     with pytest.raises(ValueError, match=r"NHWC .* got shape \(2, 28, 28\)"):
         data.preprocess(images[..., 0], 28)
 

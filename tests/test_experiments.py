@@ -44,8 +44,9 @@ def test_chapter8_script_summarises_and_trains_with_the_book_recipe(script, name
         assert (workdir / "metrics.jsonl").read_text().count("\n") == 1
 
 
-def test_a_chapter8_script_explains_itself_without_training(tmp_path):
-    result = subprocess.run([sys.executable, str(EXPERIMENTS / "batch_norm.py"), "--help"],
+@pytest.mark.parametrize("flag", ["--help", "--he", "-h"])   # argparse takes abbreviations
+def test_a_chapter8_script_explains_itself_without_training(flag, tmp_path):
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "batch_norm.py"), flag],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("d2l 8.5 -- LeNet with batch normalization")

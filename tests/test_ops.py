@@ -270,7 +270,8 @@ def _ones(*shape):
      r"^corr2d_multi_in_out expects .* got X \(2, 5, 5\) and K \(4, 3, 2, 2\)$"),
     (lambda: ops.conv2d(_ones(1, 5, 5, 1), _ones(3, 3, 1, 1), stride=1.5),
      r"stride must be an int or a pair of ints \(h, w\), got 1.5"),
-    (lambda: ops.max_pool2d(_ones(1, 4, 4, 1), 2, padding="1"), r"padding must be an int"),
+    (lambda: ops.conv2d(_ones(1, 5, 5, 1), _ones(3, 3, 1, 1), stride="22"),
+     r"stride must be an int or a pair of ints \(h, w\), got '22'"),
     (lambda: ops.corr2d_multi_in_out_1x1(_ones(3, 3, 3), _ones(2, 3, 2, 2)), r"\(2, 3, 2, 2\)"),
     (lambda: ops.pool2d(X3, 2, mode="median"), r"'max' or 'avg'"),
     (lambda: ops.pool2d(X3, 4), r"window \(4, 4\).*\(3, 3\)"),
@@ -291,6 +292,13 @@ def test_bad_shapes_raise_value_error(call, match):
 def test_non_float_input_raises_type_error(call):
     with pytest.raises(TypeError, match=r"floating-point.*int|floating-point.*uint8"):
         call()
+
+
+def test_strides_may_be_numpy_integers_lists_or_tuples():
+    x, w = _ones(1, 6, 6, 1), _ones(3, 3, 1, 1)
+    expected = ops.conv2d(x, w, stride=2)
+    for stride in (np.int64(2), [2, 2], (np.int32(2), 2)):
+        np.testing.assert_array_equal(ops.conv2d(x, w, stride=stride), expected)
 
 
 def test_mixed_dtypes_in_conv2d_raise_type_error():

@@ -167,12 +167,13 @@ def cli_error(capsys, *argv: str) -> str:
     (["train", "lenet", "--coordinator", "nohostport", "--num-processes", "1", "--process-id",
       "0"], "--coordinator (or JAX_COORDINATOR_ADDRESS) must be HOST:PORT, e.g. 10.0.0.1:1234; "
             "got 'nohostport'"),
-    (["train", "lenet", "--num-processes", "2"], "must be HOST:PORT, e.g. 10.0.0.1:1234; got "
-                                                 "None"),
     (["train", "lenet", "--coordinator", "127.0.0.1:1234", "--num-processes", "0"],
      "--num-processes (or JAX_NUM_PROCESSES) must be a positive integer, or -1"),
     (["train", "lenet", "--coordinator", "127.0.0.1:1234", "--num-processes", "2",
-      "--process-id", "2"], "--process-id (or JAX_PROCESS_ID) must be from 0 to 1; got 2"),
+      "--process-id", "2"], "--process-id (or JAX_PROCESS_ID) must be a non-negative integer "
+                            "below --num-processes 2; got 2"),
+    (["train", "lenet", "--process-id", "-1"], "--process-id (or JAX_PROCESS_ID) must be a "
+                                               "non-negative integer; got -1"),
 ])
 def test_bad_arguments(capsys, argv, message):
     assert message in cli_error(capsys, *argv)
@@ -205,11 +206,30 @@ def test_a_corrupt_config_names_its_file(tmp_path, capsys):
             assert f"{str(run / 'config.json')!r} is not a valid jaxcnn config: {problem}" in err
 
 
-def test_more_examples_than_the_split_holds(tmp_path, capsys):
-    err = cli_error(capsys, "train", "lenet", "--train-examples", "70000", "--workdir",
-                    str(tmp_path / "run"))
-    assert err.endswith("train_examples 70000 is more than the 60,000 images of the train split")
-    assert not (tmp_path / "run" / "checkpoints").exists()      # so a corrected run may start
+def test_more_examples_than_the_split_holds_is_refused_before_the_workdir_is_touched(
+        tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "lenet", "--epochs", "1", "--train-examples", "256",
+                     "--test-examples", "256", "--workdir", str(run)]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for flag, count, split in [("--train-examples", "70000", "60,000 images of the train"),
+                               ("--test-examples", "10001", "10,000 images of the test")]:
+        err = cli_error(capsys, "train", "lenet", flag, count, "--force-new", "--workdir",
+                        str(run))
+        assert err.endswith(f"{flag[2:].replace('-', '_')} {count} is more than the {split} "
+                            f"split")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_partial_multi_process_description_is_left_for_jax_to_complete(tmp_path):
+    # JAX takes what is missing from a cluster it detects (SLURM, Open MPI, ...); on a plain
+    # machine it says what is missing. (A child process: JAX's distributed state is global.)
+    result = subprocess.run([sys.executable, "-m", "jaxcnn", "train", "lenet", "--coordinator",
+                             "127.0.0.1:1234", "--workdir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120)
+    err = result.stderr.strip()
+    assert result.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("jaxcnn train: error: ") and "defined" in err and "--" not in err
 
 
 @pytest.fixture

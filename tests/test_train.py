@@ -240,6 +240,8 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert cli.main(["train", "lenet", "--epochs", "1", "--batch-size", "512",
                      "--workdir", workdir]) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"training lenet (sgd, lr 0.1, batch 512, 1 epoch, 28x28; book recipe, "
+                          f"--batch-size, --epochs changed) in {workdir}\n")
     assert "epoch 1/1" in out and "final val_acc" in out
     assert cli.main(["eval", workdir]) == 0
     assert "(all 10,000 test images)" in capsys.readouterr().out
@@ -249,7 +251,8 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "not a jaxcnn workdir" in capsys.readouterr().err
     assert cli.main(["train", "lenet", "--epochs", "1", "--batch-size", "512",
                      "--workdir", workdir]) == 0                 # the finished run, again
-    assert "holds this run, finished at epoch 1: nothing to train" in capsys.readouterr().out
+    assert ("holds this run, finished at epoch 1: nothing to train (a larger --epochs extends "
+            "it, --force-new starts over)") in capsys.readouterr().out
 
 
 def test_cli_notes_that_bfloat16_is_for_gpus(tmp_path, capsys):
