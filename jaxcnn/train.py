@@ -6,6 +6,7 @@ statistics and the rest (constant). The train state is a plain dict pytree
 on-device resize/normalise (and augmentation), forward, cross-entropy, backward and the Optax
 update, and donates the old state's buffers. Randomness per step is
 ``fold_in(key(seed), step)``, so a resumed run draws the same numbers as an uninterrupted one.
+``load_model(workdir)`` gives a finished run's model back as an NNX module.
 """
 
 from __future__ import annotations
@@ -336,8 +337,11 @@ def _divergence_message(value: float, step: int, cfg: Config, checkpoints: Check
             f"(now {cfg.lr:g}): it resumes from there (--force-new starts over)")
 
 
-def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
-    """Test loss and accuracy of the best checkpoint in ``workdir``."""
+def _restore_workdir(workdir: str | Path, which: str) -> tuple[Trainer, State, dict]:
+    """The run in ``workdir``: its trainer, and the state and meta of its ``which`` checkpoint
+    ('best' or 'latest'); ``FileNotFoundError`` when it is not a workdir or holds none."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist (or is not a "
@@ -346,16 +350,31 @@ def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[s
     if not config_path.is_file():
         raise FileNotFoundError(f"{str(workdir)!r} holds no config.json: not a jaxcnn workdir")
     cfg = Config.read(config_path)
-    test_images, test_labels = data.fashion_mnist("test", data_dir or cfg.data_dir)
     trainer = Trainer(cfg, data.num_batches(60_000, cfg.batch_size, train=True))
     checkpoints = Checkpoints(workdir / "checkpoints")
     try:
-        restored = checkpoints.restore(abstract(trainer.initial_state), which="best")
+        restored = checkpoints.restore(abstract(trainer.initial_state), which=which)
     finally:
         checkpoints.close()
     if restored is None:
         raise FileNotFoundError(f"{str(workdir)!r} holds no checkpoint yet")
-    state, meta = restored
+    return trainer, *restored
+
+
+def load_model(workdir: str | Path, which: str = "best") -> nnx.Module:
+    """The trained model of a run, from ``workdir``'s ``which`` checkpoint ('best' or
+    'latest'), in eval mode: ``models.create`` with the run's config, its parameters and
+    BatchNorm statistics. Input: float32 NHWC images in [0, 1] at the run's size,
+    ``data.preprocess(uint8_images, cfg.image_size)``; output: logits ``(N, 10)``."""
+    trainer, state, _ = _restore_workdir(workdir, which)
+    return trainer._model(state, train=False)
+
+
+def evaluate_workdir(workdir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+    """Test loss and accuracy of the best checkpoint in ``workdir``, on all test images."""
+    trainer, state, meta = _restore_workdir(workdir, "best")
+    cfg = trainer.cfg
+    test_images, test_labels = data.fashion_mnist("test", data_dir or cfg.data_dir)
     loss, acc = trainer.evaluate(state, test_images, test_labels)
     return {"model": cfg.model, "epoch": meta["epoch"],
             "step": int(parallel.to_host(state["step"])), "test_loss": loss, "test_acc": acc,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxcnn import cli, config, data, report, train
 from jaxcnn.config import Config
@@ -253,6 +254,26 @@ def test_cli_train_and_eval(tmp_path, capsys):
                      "--workdir", workdir]) == 0                 # the finished run, again
     assert ("holds this run, finished at epoch 1: nothing to train (a larger --epochs extends "
             "it, --force-new starts over)") in capsys.readouterr().out
+
+
+def test_load_model_gives_the_checkpointed_model_for_plain_jax_code(tmp_path, fmnist):
+    workdir = tmp_path / "run"
+    history = train.fit(config.recipe("bn_lenet", "book", epochs=2, train_examples=2560),
+                        workdir, progress=False, log=lambda message: None)
+    evaluated = train.evaluate_workdir(workdir)
+    model = train.load_model(workdir)                      # BatchNorm in eval mode
+    (_, _), (images, labels) = fmnist
+    logits = jax.jit(lambda x: model(data.preprocess(x, 28)))
+    predictions = np.concatenate([np.asarray(logits(images[i:i + 500]).argmax(-1))
+                                  for i in range(0, len(images), 500)])
+    accuracy = float((predictions == labels).mean())
+    best = max(row["val_acc"] for row in history)
+    assert accuracy > 0.5 and abs(accuracy - evaluated["test_acc"]) <= 1e-4
+    assert evaluated["test_acc"] == best            # the best checkpoint is the best epoch's
+    latest = train.load_model(workdir, "latest")
+    chex.assert_trees_all_equal_shapes(nnx.state(latest), nnx.state(model))
+    with pytest.raises(ValueError, match="which must be 'best' or 'latest', got 'first'"):
+        train.load_model(workdir, "first")
 
 
 def test_cli_notes_that_bfloat16_is_for_gpus(tmp_path, capsys):
