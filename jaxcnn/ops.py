@@ -61,15 +61,15 @@ def _positive_pair(value: IntPair, name: str) -> tuple[int, int]:
 def _padding_pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
     """Explicit padding as ``((top, bottom), (left, right))`` from an int, ``(p_h, p_w)`` or
     per-side pairs ``((top, bottom), (left, right))``."""
-    if isinstance(padding, int):
-        pads = ((padding, padding), (padding, padding))
+    if isinstance(padding, Integral):
+        pads = ((int(padding),) * 2,) * 2
     elif (isinstance(padding, Sequence) and len(padding) == 2
-          and all(isinstance(p, int) for p in padding)):
-        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
+          and all(isinstance(p, Integral) for p in padding)):
+        pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
     elif (isinstance(padding, Sequence) and len(padding) == 2
           and all(isinstance(p, Sequence) and len(p) == 2
-                  and all(isinstance(q, int) for q in p) for p in padding)):
-        pads = (tuple(padding[0]), tuple(padding[1]))
+                  and all(isinstance(q, Integral) for q in p) for p in padding)):
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     else:
         raise ValueError("padding must be 'SAME', 'VALID', an int, a pair (p_h, p_w) or "
                          f"per-side pairs ((top, bottom), (left, right)); got {padding!r}")
@@ -86,7 +86,7 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: IntPair =
     """
     for name, value in (("size", size), ("kernel", kernel), ("stride", stride),
                         ("dilation", dilation)):
-        _require(isinstance(value, int) and value > 0,
+        _require(isinstance(value, Integral) and value > 0,
                  f"{name} must be a positive int, got {value!r}")
     before, after = _pair(padding, "padding")
     _require(min(before, after) >= 0, f"padding must be non-negative, got {padding!r}")
@@ -216,7 +216,8 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
     if isinstance(padding, str):
         _require(padding.upper() in ("SAME", "VALID"),
                  f"padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
-        pads = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], strides, padding.upper())
+        spans = [d * (k - 1) + 1 for d, k in zip(dilations, w.shape[:2], strict=True)]
+        pads = lax.padtype_to_pads(x.shape[1:3], spans, strides, padding.upper())
         pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     else:
         pads = _padding_pairs(padding)

@@ -294,6 +294,25 @@ def test_non_float_input_raises_type_error(call):
         call()
 
 
+@pytest.mark.parametrize("stride, dilation", [(1, 2), (2, 2), (2, 3), ((1, 2), (3, 1))])
+def test_same_padding_spans_the_dilated_kernel(stride, dilation):
+    x = jax.random.normal(jax.random.key(0), (1, 10, 11, 2))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+    s, d = ops._pair(stride, "stride"), ops._pair(dilation, "dilation")
+    expected = lax.conv_general_dilated(x, w, s, "SAME", rhs_dilation=d,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = ops.conv2d(x, w, padding="SAME", stride=stride, dilation=dilation)
+    assert got.shape[1:3] == (-(-10 // s[0]), -(-11 // s[1]))    # ceil(H / stride)
+    chex.assert_trees_all_close(got, expected, atol=1e-5)
+
+
+def test_numpy_integers_work_as_sizes_and_padding():
+    x, w = _ones(1, 6, 6, 1), _ones(3, 3, 1, 1)
+    np.testing.assert_array_equal(ops.conv2d(x, w, padding=np.int64(1)),
+                                  ops.conv2d(x, w, padding=1))
+    assert ops.conv_output_size(np.int64(28), 5) == 24
+
+
 def test_strides_may_be_numpy_integers_lists_or_tuples():
     x, w = _ones(1, 6, 6, 1), _ones(3, 3, 1, 1)
     expected = ops.conv2d(x, w, stride=2)
