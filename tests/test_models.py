@@ -193,6 +193,39 @@ def test_registry_rejects_bad_sizes(field, value):
         models.create("lenet", **{field: value})
 
 
+def test_registry_takes_numpy_integers_and_refuses_a_missing_seed():
+    chex.assert_shape(models.create("lenet", image_size=np.int64(28))(jnp.ones((1, 28, 28, 1))),
+                      (1, 10))
+    with pytest.raises(ValueError, match="seed must be an int, got None"):
+        models.create("lenet", seed=None)
+
+
+@pytest.mark.parametrize("name, arch, size", [
+    ("resnet18", ((1, 16), (1, 32)), 32),
+    ("resnext", ((1, 32), (1, 64)), 32),           # the first stage wider than the stem
+    ("regnetx32", ((1, 32, 16, 1.0),), 32),
+    ("vgg", ((1, 8), (1, 16)), 32)])
+def test_arch_overrides_build_the_given_stages(name, arch, size):
+    model = models.create(name, image_size=size, arch=arch)
+    model.eval()
+    chex.assert_shape(model(jnp.ones((2, size, size, 1))), (2, 10))
+    widths = [m.out_features for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)]
+    assert arch[-1][1] in widths and max(widths) <= max(64, arch[-1][1])
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: models.create("vgg", image_size=32, arch=((1, 8),) * 6),
+     "VGG: image_size 32 is too small for 6 blocks, each halving it; it needs at least 64"),
+    (lambda: models.create("resnext", groups=0),
+     "groups must be an integer from 1 to the 64 bottleneck channels; got 0"),
+    (lambda: models.create("regnetx32", arch=((1, 32, 64, 1.0),)),
+     r"group width 64 must be from 1 to the 32 bottleneck channels of stage \(1, 32, 64, 1.0\)"),
+])
+def test_architectures_that_cannot_work_are_refused_when_built(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
 def test_default_image_sizes_are_the_books():
     sizes = {name: models.spec(name).image_size for name in models.REGISTRY}
     assert sizes == {"lenet": 28, "vgg": 224, "vgg11": 224, "resnet18": 96, "resnext": 96,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import jax.numpy as jnp
@@ -58,7 +59,8 @@ REGISTRY: dict[str, ModelSpec] = {
                                         image_size=s, rngs=rngs, **kw),
         224, vgg.MIN_IMAGE_SIZE, 0.01, "VGG-11 with full widths (d2l 8.2.2)"),
     "resnet18": ModelSpec(
-        lambda n, c, s, rngs, **kw: ResNet18(n, in_channels=c, rngs=rngs, **kw),
+        lambda n, c, s, rngs, **kw: ResNet(kw.pop("arch", resnet.RESNET18_ARCH), n,
+                                           in_channels=c, rngs=rngs, **kw),
         96, resnet.MIN_IMAGE_SIZE, 0.01, "ResNet-18 (d2l 8.6.3)"),
     "resnext": ModelSpec(
         lambda n, c, s, rngs, **kw: ResNeXt(num_classes=n, in_channels=c, rngs=rngs, **kw),
@@ -84,7 +86,9 @@ REGISTRY: dict[str, ModelSpec] = {
         lambda n, c, s, rngs, **kw: DenseNet(num_classes=n, in_channels=c, rngs=rngs, **kw),
         96, densenet.MIN_IMAGE_SIZE, 0.01, "DenseNet, 4 dense blocks of 4 convs (d2l 8.7)"),
     "regnetx32": ModelSpec(
-        lambda n, c, s, rngs, **kw: RegNetX32(n, in_channels=c, rngs=rngs, **kw),
+        lambda n, c, s, rngs, **kw: AnyNet(kw.pop("arch", regnet.REGNETX32_ARCH), n,
+                                           in_channels=c, rngs=rngs,
+                                           **{"stem_channels": 32, **kw}),
         96, regnet.MIN_IMAGE_SIZE, 0.05, "RegNetX-32: AnyNet with the book's settings (d2l 8.8)"),
 }
 
@@ -123,10 +127,13 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
     image_size = entry.image_size if image_size is None else image_size
     for field, value in (("num_classes", num_classes), ("in_channels", in_channels),
                          ("image_size", image_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{field} must be a positive int, got {value!r}")
+    if not isinstance(seed, Integral):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     if image_size < entry.min_image_size:
         raise ValueError(f"image_size {image_size} is too small for {name}: it needs at least "
                          f"{entry.min_image_size} (the book uses {entry.image_size})")
-    model = entry.build(num_classes, in_channels, image_size, nnx.Rngs(seed), **overrides)
+    model = entry.build(int(num_classes), int(in_channels), int(image_size),
+                        nnx.Rngs(int(seed)), **overrides)
     return set_compute_dtype(model, dtype)

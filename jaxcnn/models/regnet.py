@@ -30,8 +30,13 @@ class AnyNet(nnx.Sequential):
             conv(in_channels, stem_channels, 3, stride=2, padding=1, rngs=rngs),
             batch_norm(stem_channels, rngs=rngs), nnx.relu)]
         channels = stem_channels
-        for depth, num_channels, group_width, bot_mul in arch:
-            groups = int(round(num_channels * bot_mul)) // group_width
+        for arch_row in arch:
+            depth, num_channels, group_width, bot_mul = arch_row
+            bot_channels = int(round(num_channels * bot_mul))
+            if not 0 < group_width <= bot_channels:
+                raise ValueError(f"AnyNet: group width {group_width} must be from 1 to the "
+                                 f"{bot_channels} bottleneck channels of stage {arch_row!r}")
+            groups = bot_channels // group_width
             block = partial(ResNeXtBlock, groups=groups, bot_mul=bot_mul)
             layers.append(stage(block, depth, channels, num_channels, False, rngs=rngs))
             channels = num_channels

@@ -53,6 +53,9 @@ class ResNeXtBlock(nnx.Module):
                  rngs: nnx.Rngs):
         in_channels = num_channels if in_channels is None else in_channels
         bot_channels = int(round(num_channels * bot_mul))
+        if not (isinstance(groups, int) and 0 < groups <= bot_channels):
+            raise ValueError(f"ResNeXtBlock: groups must be an integer from 1 to the "
+                             f"{bot_channels} bottleneck channels; got {groups!r}")
         if bot_channels % groups:
             raise ValueError(f"ResNeXtBlock: groups={groups} must divide the {bot_channels} "
                              f"bottleneck channels (num_channels={num_channels} x "
@@ -87,15 +90,18 @@ def stem(in_channels: int, out_channels: int = 64, *, rngs: nnx.Rngs) -> nnx.Seq
 def stage(block: Callable[..., nnx.Module], num_blocks: int, in_channels: int,
           num_channels: int, first_stage: bool, *, rngs: nnx.Rngs) -> nnx.Sequential:
     """``num_blocks`` blocks; every stage but the first starts with a strided projecting block
-    that halves the resolution."""
+    that halves the resolution. The first stage keeps it, projecting (1x1, stride 1) only where
+    its width differs from the stem's (never in the book's architectures)."""
     blocks = []
     for i in range(num_blocks):
         if i == 0 and not first_stage:
             blocks.append(block(num_channels, use_1x1conv=True, strides=2,
                                 in_channels=in_channels, rngs=rngs))
+        elif i == 0:
+            blocks.append(block(num_channels, use_1x1conv=in_channels != num_channels,
+                                in_channels=in_channels, rngs=rngs))
         else:
-            blocks.append(block(num_channels, in_channels=in_channels if i == 0 else None,
-                                rngs=rngs))
+            blocks.append(block(num_channels, rngs=rngs))
     return nnx.Sequential(*blocks)
 
 

@@ -37,6 +37,9 @@ class VGG(nnx.Sequential):
         for num_convs, out_channels in arch:
             blocks.append(vgg_block(num_convs, channels, out_channels, rngs=rngs))
             channels, side = out_channels, side // 2
+        if side < 1:
+            raise ValueError(f"VGG: image_size {image_size} is too small for {len(arch)} blocks, "
+                             f"each halving it; it needs at least {2 ** len(arch)}")
         super().__init__(
             *blocks, flatten,
             dense(channels * side * side, 4096, rngs=rngs), nnx.relu, nnx.Dropout(0.5, rngs=rngs),
