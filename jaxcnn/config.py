@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from jaxcnn import models
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 RECIPES = ("book", "improved")
+
+NUM_CLASSES = 10      # Fashion-MNIST's
+POSITIVE = ("lr", "max_loss", "clip_norm")          # clip_norm may also be None
+NON_NEGATIVE = ("momentum", "weight_decay", "warmup_epochs", "label_smoothing")
 
 # Fields that may differ when a workdir is resumed: where things live, how often to save, how
 # many devices, and the learning rate (lowering it rescues a diverged run from its last
@@ -55,6 +60,23 @@ class Config:
 
     def __post_init__(self) -> None:
         spec = models.spec(self.model)   # unknown model: ValueError listing the known ones
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a dict of constructor arguments, got "
+                             f"{self.model_overrides!r}")
+        try:   # a copy of its own, in the form config.json gives back (tuples as lists)
+            overrides = json.loads(json.dumps(self.model_overrides))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"model_overrides must be JSON data (it is saved in config.json): "
+                             f"{error}") from None
+        object.__setattr__(self, "model_overrides", overrides)
+        for name in ("image_size", "seed", "dtype"):
+            if name in overrides:
+                raise ValueError(f"{name} is a field of the config; set it there, not in "
+                                 f"model_overrides")
+        for name, value in (("num_classes", NUM_CLASSES), ("in_channels", 1)):
+            if overrides.get(name, value) != value:
+                raise ValueError(f"Fashion-MNIST needs {name} {value}; model_overrides has "
+                                 f"{overrides[name]!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", spec.book_lr)
         if self.image_size is None:
@@ -76,16 +98,22 @@ class Config:
             raise ValueError(f"image_size {self.image_size} is too small for {self.model}: it "
                              f"needs at least {spec.min_image_size} (the book uses "
                              f"{spec.image_size})")
-        for name in ("lr", "max_loss"):
+        for name in POSITIVE + NON_NEGATIVE:     # NumPy scalars as Python floats: JSON data
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if isinstance(value, Real) and not isinstance(value, (bool, int, float)):
+                object.__setattr__(self, name, float(value))
+        for name in POSITIVE:
+            value = getattr(self, name)
+            if not (value is None and name == "clip_norm"
+                    or _real(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+        for name in NON_NEGATIVE:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not (_real(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"label_smoothing must be below 1 (the share of the target taken "
+                             f"from the true class), got {self.label_smoothing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,6 +146,10 @@ class Config:
         free = RESUMABLE_FIELDS + (("epochs",) if extends else ())
         return [f"{k}: {theirs[k]!r} != {mine[k]!r}" for k in mine
                 if k not in free and mine[k] != theirs[k]]
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -266,10 +266,11 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     workdir = Path(workdir)
     main = jax.process_index() == 0
     log = log if main else (lambda message: None)
+    # The data and the model first: their errors come before anything is written.
     (train_images, train_labels), (test_images, test_labels) = _splits(cfg)
-    _prepare_workdir(workdir, cfg, force_new, main)
     steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
     trainer = Trainer(cfg, steps_per_epoch)
+    _prepare_workdir(workdir, cfg, force_new, main)
     checkpoints = Checkpoints(workdir / "checkpoints")
     progress = main and (sys.stderr.isatty() if progress is None else progress)
 

@@ -142,9 +142,29 @@ def test_config_rejects_bad_values():
                        (dict(image_size=0), "image_size must be a positive integer"),
                        (dict(dtype="float16"), "dtype must be one of float32, bfloat16"),
                        (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+                       (dict(lr=True), "lr must be a positive number, got True"),
+                       (dict(clip_norm="x"), "clip_norm must be a positive number, got 'x'"),
+                       (dict(label_smoothing=1.0), "label_smoothing must be below 1"),
+                       (dict(model_overrides=[1]), "model_overrides must be a dict"),
+                       (dict(model_overrides={"f": print}), "model_overrides must be JSON data"),
+                       (dict(model_overrides={"num_classes": 5}),
+                        "Fashion-MNIST needs num_classes 10; model_overrides has 5"),
+                       (dict(model_overrides={"image_size": 32}),
+                        "image_size is a field of the config; set it there"),
                        (dict(seed=2**63), "seed must be below 2\\*\\*63")]:
         with pytest.raises(ValueError, match=match):
             Config(**bad)
+
+
+def test_configs_hold_json_data_of_their_own():
+    cfg = Config(lr=np.float32(0.5), momentum=np.int64(0))
+    assert type(cfg.lr) is float and type(cfg.momentum) is float and cfg.lr == 0.5
+    first = config.recipe("lenet", "improved")
+    first.model_overrides["pool"] = "avg"                 # another config is not changed
+    assert config.recipe("bn_lenet", "improved").model_overrides["pool"] == "max"
+    arch = Config(model="densenet", model_overrides={"arch": (1, 1)})
+    assert arch.model_overrides == {"arch": [1, 1]}     # as config.json gives it back
+    assert arch.differences(Config.from_dict(json.loads(json.dumps(arch.to_dict())))) == []
 
 
 def test_recipes_use_the_books_defaults():
@@ -207,6 +227,26 @@ def test_resuming_a_different_config_is_refused(tmp_path):
     history = train.fit(other, tmp_path, force_new=True, log=lambda s: None)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert len(history) == 1 and saved["optimizer"] == "momentum"
+
+
+def test_a_run_with_tuple_overrides_resumes(tmp_path):
+    cfg = config.recipe("densenet", "book", epochs=1, image_size=32, batch_size=64,
+                        train_examples=128, test_examples=100,
+                        model_overrides=dict(arch=(1, 1), growth_rate=4, num_channels=8))
+    quiet = dict(progress=False, log=lambda message: None)
+    train.fit(cfg, tmp_path, **quiet)
+    history = train.fit(dataclasses.replace(cfg, epochs=2), tmp_path, **quiet)
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_setup_errors_leave_no_workdir(tmp_path):
+    for overrides in ({"bogus": 1}, {"arch": "x"}):
+        with pytest.raises((TypeError, ValueError)):
+            train.fit(config.recipe("lenet", "book", model_overrides=overrides), tmp_path / "run",
+                      progress=False)
+    with pytest.raises(ValueError, match="batch_size 128 exceeds the 100 training examples"):
+        train.fit(config.recipe("lenet", "book", train_examples=100), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_finished_constant_lr_run_extends_to_more_epochs(tmp_path):
