@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zlib
+from numbers import Integral
 from pathlib import Path
 
 import jax
@@ -340,6 +341,8 @@ def preprocess(images, image_size: int) -> jax.Array:
     the input size, bilinear resize as the book's torchvision Resize. Pure jnp: call it inside
     the jitted step, so the host moves only uint8 28x28 images.
     """
+    if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size < 1:
+        raise ValueError(f"preprocess: image_size must be a positive int, got {image_size!r}")
     images = jnp.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"preprocess expects images in NHWC layout (batch, height, width, "

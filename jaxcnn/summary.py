@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import jax
@@ -83,10 +84,14 @@ def layer_summary(model: nnx.Module, input_shape: Sequence[int], *,
     Prints the table through ``print_fn`` (``None`` for silence) and returns the rows. The model
     itself is not touched: it is traced through ``nnx.split`` / ``nnx.merge``.
     """
+    if not (isinstance(input_shape, Sequence) and len(input_shape) == 4
+            and all(isinstance(n, Integral) and n > 0 for n in input_shape)):
+        raise ValueError(f"layer_summary expects input_shape as four positive ints (N, H, W, C), "
+                         f"NHWC; got {input_shape!r}")
     graphdef, state = nnx.split(model)
     abstract_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
     layers = list(model.layers) if isinstance(model, nnx.Sequential) else [model]
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jax.numpy.float32)
+    x = jax.ShapeDtypeStruct(tuple(int(n) for n in input_shape), jax.numpy.float32)
     rows = []
     for index, layer in enumerate(layers):
         def apply(state, x, index=index):

@@ -386,6 +386,9 @@ def test_preprocess_refuses_what_it_would_scale_wrongly(fmnist_test):
                                   data.preprocess(images, 28))
     with pytest.raises(ValueError, match=r"NHWC .* got shape \(2, 28, 28\)"):
         data.preprocess(images[..., 0], 28)
+    for size in (0, -5, 2.5):
+        with pytest.raises(ValueError, match=f"image_size must be a positive int, got {size}"):
+            data.preprocess(images, size)
 
 
 def test_a_data_dir_that_does_not_exist_is_an_error_even_when_cached(tmp_path, tfds_dir,

@@ -75,3 +75,9 @@ def test_cli_summary_input_shape_and_errors(capsys):
     assert "known models: lenet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["summary", "lenet", "--input-shape", "1,28,28"])
+
+
+@pytest.mark.parametrize("shape", [(1, 28.0, 28, 1), (1, -28, 28, 1), 28, (28, 28, 1)])
+def test_bad_input_shapes_are_explained(shape):
+    with pytest.raises(ValueError, match=r"input_shape as four positive ints \(N, H, W, C\)"):
+        summary.layer_summary(models.create("lenet"), shape, print_fn=None)
