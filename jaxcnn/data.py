@@ -303,11 +303,17 @@ def batches(images, labels, batch_size: int, *, seed: int = 0, epoch: int = 0, t
     Otherwise (seed and epoch unused): every example exactly once, in order; the last batch is
     padded with zeros and its padded rows have mask False.
     """
+    images, labels = np.asarray(images), np.asarray(labels)
     n = len(images)
-    if len(labels) != n:
-        raise ValueError(f"{n} images but {len(labels)} labels")
+    if labels.shape != (n,):
+        raise ValueError(f"expected labels of shape ({n},) for {n} images; got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"expected integer class labels; got dtype {labels.dtype}")
     num_batches(n, batch_size, train)           # raises if the split makes no batch
-    labels = np.asarray(labels, np.int32)
+    labels = labels.astype(np.int32)
+    for name, value in (("seed", seed), ("epoch", epoch)):
+        if train and not (isinstance(value, Integral) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if train:
         return _train_batches(images, labels, batch_size, np.random.default_rng([seed, epoch]))
     return _eval_batches(images, labels, batch_size)

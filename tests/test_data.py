@@ -378,6 +378,22 @@ def test_preprocess_scales_to_unit_range_and_resizes_under_jit(fmnist_test, size
     assert out.mean() == pytest.approx(images.mean() / 255, abs=2e-3)
 
 
+def test_batches_explain_bad_labels_and_seeds(fmnist_test):
+    images, labels = fmnist_test[0][:256], fmnist_test[1][:256]
+    with pytest.raises(ValueError, match=r"shape \(256,\) for 256 images; got \(256, 1\)"):
+        data.batches(images, labels[:, None], 128, train=True)
+    with pytest.raises(ValueError, match=r"labels of shape \(256,\) for 256 images; got \(255,\)"):
+        data.batches(images, labels[:-1], 128, train=True)
+    with pytest.raises(TypeError, match="expected integer class labels; got dtype float32"):
+        data.batches(images, labels.astype(np.float32) + 0.7, 128, train=True)
+    for name in ("seed", "epoch"):
+        with pytest.raises(ValueError, match=f"{name} must be a non-negative integer, got -1"):
+            data.batches(images, labels, 128, train=True, **{name: -1})
+    listed = next(data.batches(list(images), list(labels), 128, seed=3, train=True))
+    expected = next(data.batches(images, labels, 128, seed=3, train=True))
+    np.testing.assert_array_equal(listed["image"], expected["image"])
+
+
 def test_preprocess_refuses_what_it_would_scale_wrongly(fmnist_test):
     images = fmnist_test[0][:2]
     with pytest.raises(TypeError, match="expects integer images in 0-255 .* got dtype float32"):
