@@ -277,8 +277,8 @@ def test_nchw_input_is_explained(name, size):
         model(np.zeros((2, 28, 28), np.float32))
 
 
-@pytest.mark.parametrize("name, built, given", [("lenet", 28, 32), ("vgg", 32, 64),
-                                                ("alexnet", 65, 128), ("bn_lenet", 28, 20)])
+# The check is the dense layer's (layers.Linear), so two of the flattening models show it.
+@pytest.mark.parametrize("name, built, given", [("lenet", 28, 32), ("bn_lenet", 28, 20)])
 def test_images_of_another_size_are_explained(name, built, given):
     from jaxcnn import models
 
