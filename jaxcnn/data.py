@@ -311,10 +311,10 @@ def batches(images, labels, batch_size: int, *, seed: int = 0, epoch: int = 0, t
         raise TypeError(f"expected integer class labels; got dtype {labels.dtype}")
     num_batches(n, batch_size, train)           # raises if the split makes no batch
     labels = labels.astype(np.int32)
-    for name, value in (("seed", seed), ("epoch", epoch)):
-        if train and not (isinstance(value, Integral) and value >= 0):
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if train:
+        for name, value in (("seed", seed), ("epoch", epoch)):
+            if not (isinstance(value, Integral) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         return _train_batches(images, labels, batch_size, np.random.default_rng([seed, epoch]))
     return _eval_batches(images, labels, batch_size)
 

@@ -213,17 +213,16 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
     _require(w.shape[2] * groups == c_in,
              f"conv2d: x (NHWC) {x.shape} has {c_in} channels, so w (HWIO) needs "
              f"{c_in // groups} input channels per group (groups={groups}); got w {w.shape}")
+    spans = [d * (k - 1) + 1 for d, k in zip(dilations, w.shape[:2], strict=True)]
     if isinstance(padding, str):
         _require(padding.upper() in ("SAME", "VALID"),
                  f"padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
-        spans = [d * (k - 1) + 1 for d, k in zip(dilations, w.shape[:2], strict=True)]
         pads = lax.padtype_to_pads(x.shape[1:3], spans, strides, padding.upper())
         pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     else:
         pads = _padding_pairs(padding)
     for axis, name in ((0, "height"), (1, "width")):
-        span = dilations[axis] * (w.shape[axis] - 1) + 1
-        padded = x.shape[1 + axis] + sum(pads[axis])
+        span, padded = spans[axis], x.shape[1 + axis] + sum(pads[axis])
         _require(span <= padded,
                  f"conv2d: the kernel spans {span} along {name} but the padded input has "
                  f"{padded}; x (NHWC) {x.shape}, w (HWIO) {w.shape}, padding {padding!r}")
