@@ -149,10 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; errors print one line (a traceback too with ``--debug``). Exit codes:
     0 done, 2 bad input or files, 3 training diverged, 130 interrupted."""
-    from jaxcnn import xla_flags
+    from jaxcnn import compile_cache, xla_flags
     from jaxcnn.train import DivergenceError
 
     xla_flags.apply()
+    compile_cache.enable()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
