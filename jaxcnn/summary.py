@@ -64,6 +64,21 @@ def count_macs(jaxpr) -> int:
     return total
 
 
+def largest_array_bytes(jaxpr) -> int:
+    """Bytes of the largest value ``jaxpr`` computes (nested calls included): a lower bound
+    on the memory that running it takes."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            shape = getattr(var.aval, "shape", None)
+            if shape is not None:
+                largest = max(largest, math.prod(shape) * var.aval.dtype.itemsize)
+        for value in eqn.params.values():
+            for sub in _subjaxprs(value):
+                largest = max(largest, largest_array_bytes(sub))
+    return largest
+
+
 def _layer_name(layer: Any) -> str:
     if isinstance(layer, nnx.Module):
         return type(layer).__name__
@@ -84,6 +99,9 @@ def layer_summary(model: nnx.Module, input_shape: Sequence[int], *,
     Prints the table through ``print_fn`` (``None`` for silence) and returns the rows. The model
     itself is not touched: it is traced through ``nnx.split`` / ``nnx.merge``.
     """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"layer_summary expects an nnx.Module (e.g. models.create('lenet')); "
+                        f"got {type(model).__name__} {model!r:.60}")
     if not (isinstance(input_shape, Sequence) and len(input_shape) == 4
             and all(isinstance(n, Integral) and n > 0 for n in input_shape)):
         raise ValueError(f"layer_summary expects input_shape as four positive ints (N, H, W, C), "
