@@ -163,6 +163,37 @@ def test_bn_lenet_scratch_equals_concise():
     chex.assert_trees_all_close(scratch(x), concise(x), atol=1e-5)
 
 
+@pytest.mark.xfail(strict=True, reason="layers.BatchNorm has no compute dtype yet (layers.py, "
+                                        "helper 'speed'; the diff is in models' report)")
+def test_bn_lenet_scratch_in_bfloat16_normalises_as_the_concise_model():
+    """set_compute_dtype reaches the from-scratch BatchNorm as it does nnx.BatchNorm: statistics
+    in float32, the output in bfloat16, so both BN-LeNets compute the same in bfloat16."""
+    scratch = models.create("bn_lenet_scratch", dtype="bfloat16")
+    concise = models.create("bn_lenet", dtype="bfloat16")
+    nnx.update(concise, nnx.state(scratch))
+    x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+    for model in (scratch, concise):
+        model.train()
+    z = scratch.layers[0](x)                           # the first conv's bfloat16 output
+    assert z.dtype == jnp.bfloat16
+    bn_scratch, bn_concise = scratch.layers[1], concise.layers[1]
+    y_scratch, y_concise = bn_scratch(z), bn_concise(z)
+    assert y_scratch.dtype == y_concise.dtype == jnp.bfloat16
+    # The running mean takes the float32 mean of the bfloat16 activations: 0.9 * 0 + 0.1 * mean.
+    assert bn_scratch.mean[...].dtype == jnp.float32
+    mean = z.astype(jnp.float32).mean(axis=(0, 1, 2))
+    chex.assert_trees_all_close(bn_scratch.mean[...], 0.1 * mean, atol=1e-7)
+    chex.assert_trees_all_close(bn_scratch.mean[...], bn_concise.mean[...], atol=1e-7)
+    # Outputs agree to a bfloat16 rounding (1/64 near 2), the whole networks' logits too.
+    chex.assert_trees_all_close(y_scratch.astype(jnp.float32), y_concise.astype(jnp.float32),
+                                atol=2e-2)
+    nnx.update(concise, nnx.state(scratch))
+    logits = scratch(x)
+    assert logits.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(logits.astype(jnp.float32), concise(x).astype(jnp.float32),
+                                atol=5e-2)
+
+
 # ----------------------------------------------------------------------------------------------
 # The registry's minimum sizes; the CLI (gradients of every model: test_models.py)
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcnn import layers
 from jaxcnn.models import alexnet, bn_lenet, densenet, googlenet, lenet, nin, regnet, resnet, vgg
 from jaxcnn.models.alexnet import AlexNet
 from jaxcnn.models.bn_lenet import BNLeNet, BNLeNetScratch
@@ -29,10 +30,11 @@ from jaxcnn.models.vgg import VGG, vgg_block
 __all__ = ["LeNet", "VGG", "vgg_block", "ResNet", "ResNet18", "ResNeXt", "Residual",
            "ResNeXtBlock", "AlexNet", "NiN", "nin_block", "GoogLeNet", "Inception", "BNLeNet",
            "BNLeNetScratch", "DenseNet", "DenseBlock", "conv_block", "transition_block",
-           "AnyNet", "RegNetX32", "ModelSpec", "REGISTRY", "COMPUTE_DTYPES", "create", "spec",
-           "set_compute_dtype"]
+           "AnyNet", "RegNetX32", "ModelSpec", "REGISTRY", "COMPUTE_DTYPES", "SEEDS", "create",
+           "spec", "set_compute_dtype"]
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+SEEDS = 2**32   # distinct seeds: without jax_enable_x64, jax.random.key takes seed mod 2**32
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class ModelSpec:
     min_image_size: int                # the smallest side the network can process
     book_lr: float                     # the book's SGD learning rate for this model
     description: str
+
+
+def _no_scratch(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` for 'bn_lenet', whose name (not a ``scratch`` flag) picks nnx.BatchNorm."""
+    if "scratch" in overrides:
+        raise ValueError(f"bn_lenet uses nnx.BatchNorm; got scratch={overrides['scratch']!r} "
+                         f"(the from-scratch model is bn_lenet_scratch)")
+    return overrides
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -80,7 +90,8 @@ REGISTRY: dict[str, ModelSpec] = {
                                                    **kw),
         28, bn_lenet.MIN_IMAGE_SIZE, 0.1, "LeNet with BatchNorm from scratch (d2l 8.5.2)"),
     "bn_lenet": ModelSpec(
-        lambda n, c, s, rngs, **kw: BNLeNet(n, in_channels=c, image_size=s, rngs=rngs, **kw),
+        lambda n, c, s, rngs, **kw: BNLeNet(n, in_channels=c, image_size=s, rngs=rngs,
+                                            **_no_scratch(kw)),
         28, bn_lenet.MIN_IMAGE_SIZE, 0.1, "LeNet with nnx.BatchNorm (d2l 8.5.3)"),
     "densenet": ModelSpec(
         lambda n, c, s, rngs, **kw: DenseNet(num_classes=n, in_channels=c, rngs=rngs, **kw),
@@ -101,15 +112,16 @@ def spec(name: str) -> ModelSpec:
 
 
 def set_compute_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
-    """Make every Flax conv, dense and BatchNorm layer of ``model`` compute in ``dtype`` (one of
-    ``COMPUTE_DTYPES``); returns ``model``. Parameters and BatchNorm statistics stay float32:
-    Flax casts them to ``dtype`` in each call, so gradients and optimizer state are float32, and
-    BatchNorm computes its statistics in float32. Logits come out in ``dtype``."""
+    """Make every conv, dense and BatchNorm layer of ``model`` (Flax's, and the book's
+    from-scratch ``layers.BatchNorm``) compute in ``dtype`` (one of ``COMPUTE_DTYPES``); returns
+    ``model``. Parameters and BatchNorm statistics stay float32: the layers cast them to
+    ``dtype`` in each call, so gradients and optimizer state are float32, and BatchNorm computes
+    its statistics in float32. Logits come out in ``dtype``."""
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}; got "
                          f"{dtype!r}")
     for _, module in nnx.iter_modules(model):
-        if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
+        if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm, layers.BatchNorm)):
             module.dtype = jnp.dtype(dtype)
     return model
 
@@ -129,8 +141,9 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
                          ("image_size", image_size)):
         if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{field} must be a positive int, got {value!r}")
-    if not isinstance(seed, Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not isinstance(seed, Integral) or isinstance(seed, bool) or not 0 <= seed < SEEDS:
+        raise ValueError(f"seed must be an int from 0 to 2**32 - 1 (jax.random.key keeps a "
+                         f"seed's low 32 bits: 2**32 would give seed 0's model); got {seed!r}")
     if image_size < entry.min_image_size:
         raise ValueError(f"image_size {image_size} is too small for {name}: it needs at least "
                          f"{entry.min_image_size} (the book uses {entry.image_size})")

@@ -41,4 +41,13 @@ class BNLeNet(nnx.Sequential):
         )
 
 
-BNLeNetScratch = partial(BNLeNet, scratch=True)
+class BNLeNetScratch(BNLeNet):
+    """``BNLeNet`` with the from-scratch ``layers.BatchNorm`` (d2l 8.5.2); the other arguments
+    as ``BNLeNet``'s. ``scratch`` is not one of them: ``BNLeNet`` is the concise model."""
+
+    def __init__(self, num_classes: int = 10, **kwargs):
+        if "scratch" in kwargs:
+            raise ValueError(f"BNLeNetScratch always uses layers.BatchNorm; got scratch="
+                             f"{kwargs['scratch']!r} (the nnx.BatchNorm model is BNLeNet, "
+                             f"'bn_lenet' in the registry)")
+        super().__init__(num_classes, scratch=True, **kwargs)

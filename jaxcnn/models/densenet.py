@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.layers import AvgPool2d, batch_norm, conv, dense, global_avg_pool
+from jaxcnn.models.checks import is_positive_int, positive_int
 from jaxcnn.models.resnet import stem
 
 MIN_IMAGE_SIZE = 29   # the third transition's 2x2 pooling needs 2 rows: 29 -> 8 -> 4 -> 2 -> 1
@@ -57,6 +58,12 @@ class DenseNet(nnx.Sequential):
     def __init__(self, num_channels: int = 64, growth_rate: int = 32,
                  arch: Sequence[int] = (4, 4, 4, 4), num_classes: int = 10, *,
                  in_channels: int = 1, rngs: nnx.Rngs):
+        num_channels = positive_int("DenseNet", "num_channels", num_channels)
+        growth_rate = positive_int("DenseNet", "growth_rate", growth_rate)
+        if (isinstance(arch, (str, bytes)) or not isinstance(arch, Sequence) or not arch
+                or not all(is_positive_int(n) for n in arch)):
+            raise ValueError(f"DenseNet: arch must be a non-empty sequence of positive ints (the "
+                             f"convs of each dense block); got {arch!r}")
         layers = [stem(in_channels, num_channels, rngs=rngs)]
         for i, num_convs in enumerate(arch):
             layers.append(DenseBlock(num_convs, growth_rate, in_channels=num_channels,

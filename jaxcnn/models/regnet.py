@@ -8,6 +8,7 @@ from functools import partial
 from flax import nnx
 
 from jaxcnn.layers import batch_norm, conv, dense, global_avg_pool
+from jaxcnn.models.checks import arch_rows, positive_int
 from jaxcnn.models.resnet import ResNeXtBlock, stage
 
 # (depth, num_channels, group width, bottleneck multiplier) per stage, as the book's RegNetX-32.
@@ -26,6 +27,9 @@ class AnyNet(nnx.Sequential):
 
     def __init__(self, arch: Sequence[tuple[int, int, int, float]], num_classes: int = 10, *,
                  stem_channels: int, in_channels: int = 1, rngs: nnx.Rngs):
+        arch = arch_rows("AnyNet", arch, ("depth", "num_channels", "group_width", "bot_mul"),
+                         numbers=("bot_mul",))
+        stem_channels = positive_int("AnyNet", "stem_channels", stem_channels)
         layers = [nnx.Sequential(
             conv(in_channels, stem_channels, 3, stride=2, padding=1, rngs=rngs),
             batch_norm(stem_channels, rngs=rngs), nnx.relu)]

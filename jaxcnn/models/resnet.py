@@ -9,6 +9,7 @@ import jax
 from flax import nnx
 
 from jaxcnn.layers import MaxPool2d, batch_norm, conv, dense, global_avg_pool
+from jaxcnn.models.checks import arch_rows, is_positive_int, is_positive_number, positive_int
 
 RESNET18_ARCH = ((2, 64), (2, 128), (2, 256), (2, 512))
 MIN_IMAGE_SIZE = 1   # every conv and pool here pads enough to take a single pixel
@@ -52,8 +53,10 @@ class ResNeXtBlock(nnx.Module):
                  use_1x1conv: bool = False, strides: int = 1, *, in_channels: int | None = None,
                  rngs: nnx.Rngs):
         in_channels = num_channels if in_channels is None else in_channels
+        if not is_positive_number(bot_mul):
+            raise ValueError(f"ResNeXtBlock: bot_mul must be a positive number, got {bot_mul!r}")
         bot_channels = int(round(num_channels * bot_mul))
-        if not (isinstance(groups, int) and 0 < groups <= bot_channels):
+        if not (is_positive_int(groups) and groups <= bot_channels):
             raise ValueError(f"ResNeXtBlock: groups must be an integer from 1 to the "
                              f"{bot_channels} bottleneck channels; got {groups!r}")
         if bot_channels % groups:
@@ -116,6 +119,8 @@ class ResNet(nnx.Sequential):
     def __init__(self, arch: Sequence[tuple[int, int]] = RESNET18_ARCH, num_classes: int = 10, *,
                  block: Callable[..., nnx.Module] = Residual, in_channels: int = 1,
                  stem_channels: int = 64, rngs: nnx.Rngs):
+        arch = arch_rows("ResNet", arch, ("num_blocks", "num_channels"))
+        stem_channels = positive_int("ResNet", "stem_channels", stem_channels)
         layers, channels = [stem(in_channels, stem_channels, rngs=rngs)], stem_channels
         for i, (num_blocks, num_channels) in enumerate(arch):
             layers.append(stage(block, num_blocks, channels, num_channels, i == 0, rngs=rngs))

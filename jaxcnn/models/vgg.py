@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from flax import nnx
 
 from jaxcnn.layers import MaxPool2d, conv, dense, flatten
+from jaxcnn.models.checks import arch_rows
 
 SMALL_ARCH = ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))    # the book's trained model
 VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))   # VGG-11's full widths
@@ -33,13 +34,15 @@ class VGG(nnx.Sequential):
 
     def __init__(self, arch: Sequence[tuple[int, int]] = SMALL_ARCH, num_classes: int = 10, *,
                  in_channels: int = 1, image_size: int = 224, rngs: nnx.Rngs):
-        blocks, channels, side = [], in_channels, image_size
-        for num_convs, out_channels in arch:
-            blocks.append(vgg_block(num_convs, channels, out_channels, rngs=rngs))
-            channels, side = out_channels, side // 2
+        arch = arch_rows("VGG", arch, ("num_convs", "out_channels"))
+        side = image_size // 2 ** len(arch)
         if side < 1:
             raise ValueError(f"VGG: image_size {image_size} is too small for {len(arch)} blocks, "
                              f"each halving it; it needs at least {2 ** len(arch)}")
+        blocks, channels = [], in_channels
+        for num_convs, out_channels in arch:
+            blocks.append(vgg_block(num_convs, channels, out_channels, rngs=rngs))
+            channels = out_channels
         super().__init__(
             *blocks, flatten,
             dense(channels * side * side, 4096, rngs=rngs), nnx.relu, nnx.Dropout(0.5, rngs=rngs),
