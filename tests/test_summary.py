@@ -81,3 +81,11 @@ def test_cli_summary_input_shape_and_errors(capsys):
 def test_bad_input_shapes_are_explained(shape):
     with pytest.raises(ValueError, match=r"input_shape as four positive ints \(N, H, W, C\)"):
         summary.layer_summary(models.create("lenet"), shape, print_fn=None)
+
+
+@pytest.mark.parametrize("model", ["lenet", None, models.LeNet, [models.create("lenet")]],
+                         ids=["name", "none", "class", "list"])
+def test_a_non_module_is_explained(model):
+    with pytest.raises(TypeError, match=r"layer_summary expects an nnx.Module \(e.g. "
+                                        r"models.create\('lenet'\)\); got "):
+        summary.layer_summary(model, (1, 28, 28, 1), print_fn=None)
