@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_module.add_arguments(bench)
     bench.set_defaults(run=bench_module.run)
 
+    report = commands.add_parser("report", help="what a run's network learned: confusion "
+                                                "matrix, predictions, kernels, feature maps "
+                                                "and one HTML page, in WORKDIR/report/")
+    from jaxcnn import diagnose
+
+    diagnose.add_arguments(report)
+    report.set_defaults(run=diagnose.run)
+
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a run's best "
                                                 "checkpoint")
     evaluate.add_argument("workdir")
