@@ -1,3 +1,4 @@
+# %%
 """d2l 8.5 -- LeNet with batch normalization on Fashion-MNIST (28x28), from scratch (8.5.2,
 ``bn_lenet_scratch``) and with nnx.BatchNorm (8.5.3, ``bn_lenet``), each with the book's recipe
 (SGD, lr 0.1, batch 128, 10 epochs).
@@ -15,5 +16,8 @@ that on a GPU. One such run ended at a validation accuracy of 0.876 (scratch) an
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("bn_lenet_scratch", "bn_lenet", doc=__doc__))
+    status = reproduce("bn_lenet_scratch", "bn_lenet", doc=__doc__)
+    if status:
+        raise SystemExit(status)

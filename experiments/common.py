@@ -21,11 +21,12 @@ def check(label: str, got, expected, atol: float = 1e-5) -> None:
 
 def reproduce(*models: str, doc: str = "", argv: list[str] | None = None) -> int:
     """``jaxcnn summary MODEL``, then ``jaxcnn train MODEL --recipe book`` with ``argv`` (default:
-    this script's flags), for each model in turn; ``-h`` prints ``doc`` (the script's docstring)
-    instead. Returns the first nonzero exit status, else 0. Several models never share one
-    ``--workdir`` (the second would be refused, or with ``--force-new`` erase the first), so
-    that flag is refused for them."""
-    argv = sys.argv[1:] if argv is None else argv
+    this script's flags; none in a notebook), for each model in turn; ``-h`` prints ``doc`` (the
+    script's docstring) instead. Returns the first nonzero exit status, else 0. Several models
+    never share one ``--workdir`` (the second would be refused, or with ``--force-new`` erase
+    the first), so that flag is refused for them."""
+    if argv is None:   # in a notebook, sys.argv is the kernel's own, not this script's
+        argv = [] if "ipykernel" in sys.modules else sys.argv[1:]
     flags = [a.split("=")[0] for a in argv]
     # argparse also takes an unambiguous abbreviation ("--work DIR", "--he").
     if any(f == "-h" or len(f) > 2 and "--help".startswith(f) for f in flags):

@@ -1,8 +1,13 @@
-"""d2l 7.2 -- Convolutions for images: cross-correlation, edge detection, learning a kernel.
+# %% [markdown]
+# # d2l 7.2 -- Convolutions for images
+#
+# Cross-correlation, edge detection, learning a kernel. A script with notebook cells (jupytext
+# percent format): run it with `python experiments/conv_layer.py` (a few seconds on CPU), or
+# open it as a notebook (Jupyter or VS Code with jupytext; `jupytext --to ipynb
+# experiments/conv_layer.py`), from the `experiments` folder. `check` prints each value and
+# fails loudly unless it is the book's.
 
-Run: ``python experiments/conv_layer.py`` (a few seconds on CPU).
-"""
-
+# %%
 from __future__ import annotations
 
 import jax
@@ -12,12 +17,38 @@ from flax import nnx
 
 from jaxcnn import ops
 
+# %% [markdown]
+# ## 7.2.1 The cross-correlation operation
 
+# %%
+X = jnp.arange(9.0).reshape(3, 3)
+K = jnp.array([[0.0, 1.0], [2.0, 3.0]])
+check("corr2d(X, K)", ops.corr2d(X, K), [[19, 25], [37, 43]])
+
+# %% [markdown]
+# ## 7.2.3 Object edge detection in images
+# The book's 6x8 image: ones with a black band in columns 2:6; the kernel `[[1, -1]]` marks its
+# vertical edges and misses the horizontal ones.
+
+
+# %%
 def edge_input() -> jax.Array:
     """The book's 6x8 image: ones with a black band in columns 2:6."""
     return jnp.ones((6, 8)).at[:, 2:6].set(0.0)
 
 
+X = edge_input()
+K = jnp.array([[1.0, -1.0]])
+Y = ops.corr2d(X, K)
+check("edges: corr2d(X, [[1, -1]])", Y, [[0, 1, 0, 0, 0, -1, 0]] * 6)
+check("horizontal edges are invisible: corr2d(X.T, K)", ops.corr2d(X.T, K), jnp.zeros((8, 5)))
+
+# %% [markdown]
+# ## 7.2.4 Learning a kernel
+# A 1x2 convolution learns `[[1, -1]]` back from `X` and `Y` by gradient steps.
+
+
+# %%
 def learn_kernel(X: jax.Array, Y: jax.Array, *, steps: int = 10, lr: float = 3e-2,
                  seed: int = 0) -> tuple[jax.Array, list[float]]:
     """Fit a 1x2 conv (no bias, PyTorch's default uniform init as the book's LazyConv2d) to
@@ -40,23 +71,8 @@ def learn_kernel(X: jax.Array, Y: jax.Array, *, steps: int = 10, lr: float = 3e-
     return conv.kernel[...].reshape(1, 2), losses
 
 
-def main() -> None:
-    X = jnp.arange(9.0).reshape(3, 3)
-    K = jnp.array([[0.0, 1.0], [2.0, 3.0]])
-    check("corr2d(X, K)", ops.corr2d(X, K), [[19, 25], [37, 43]])
-
-    X = edge_input()
-    K = jnp.array([[1.0, -1.0]])
-    Y = ops.corr2d(X, K)
-    check("edges: corr2d(X, [[1, -1]])", Y, [[0, 1, 0, 0, 0, -1, 0]] * 6)
-    check("horizontal edges are invisible: corr2d(X.T, K)", ops.corr2d(X.T, K), jnp.zeros((8, 5)))
-
-    kernel, losses = learn_kernel(X.reshape(1, 6, 8, 1), Y.reshape(1, 6, 7, 1))
-    for i in range(1, len(losses), 2):
-        print(f"epoch {i + 1}, loss {losses[i]:.3f}")
-    check("learned kernel (book: [[1.0027, -0.9661]])", kernel, [[1.0, -1.0]], atol=0.1)
-    assert losses[-1] < losses[0] / 10, f"loss did not fall enough: {losses}"
-
-
-if __name__ == "__main__":
-    main()
+kernel, losses = learn_kernel(X.reshape(1, 6, 8, 1), Y.reshape(1, 6, 7, 1))
+for i in range(1, len(losses), 2):
+    print(f"epoch {i + 1}, loss {losses[i]:.3f}")
+check("learned kernel (book: [[1.0027, -0.9661]])", kernel, [[1.0, -1.0]], atol=0.1)
+assert losses[-1] < losses[0] / 10, f"loss did not fall enough: {losses}"

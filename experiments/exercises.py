@@ -1,8 +1,11 @@
-"""d2l 7.2-7.5 exercises, answered by computation rather than prose.
+# %% [markdown]
+# # d2l 7.2-7.5 exercises, answered by computation rather than prose
+#
+# A script with notebook cells (jupytext percent format): `python experiments/exercises.py` (a
+# few seconds on CPU), or open it as a notebook from the `experiments` folder. `check` prints
+# each value and fails loudly unless it is the expected one.
 
-Run: ``python experiments/exercises.py`` (a few seconds on CPU).
-"""
-
+# %%
 from __future__ import annotations
 
 import jax
@@ -12,9 +15,17 @@ from flax import nnx
 
 from jaxcnn import ops
 
+# Identities, checked in full float32: a GPU's default TF32 convolutions and matrix products
+# round at about 1e-3 (1x1 conv vs Dense: 1.3e-3 apart on an H200).
+jax.config.update("jax_default_matmul_precision", "highest")
 KEY = jax.random.key(0)
 
 
+# %% [markdown]
+# ## A 1x1 kernel is a dense layer on each pixel's channels
+
+
+# %%
 def one_by_one_is_dense() -> None:
     """Delta = 0 (a 1x1 kernel): the convolution is a dense layer applied to each pixel's
     channels."""
@@ -28,6 +39,13 @@ def one_by_one_is_dense() -> None:
           float(jnp.abs(conv(x) - per_pixel).max()), 0.0, atol=1e-6)
 
 
+one_by_one_is_dense()
+
+# %% [markdown]
+# ## Two kernels in sequence are one larger kernel
+
+
+# %%
 def two_kernels_are_one() -> None:
     """corr2d(corr2d(X, K1), K2) == corr2d(X, K) with K the full 2-D convolution of K1 and K2,
     of size (k1h + k2h - 1, k1w + k2w - 1)."""
@@ -44,6 +62,13 @@ def two_kernels_are_one() -> None:
           float(jnp.abs(sequential - combined).max()), 0.0, atol=1e-4)
 
 
+two_kernels_are_one()
+
+# %% [markdown]
+# ## What a stride saves
+
+
+# %%
 def stride_cost() -> None:
     """Output size and multiply-adds of a 3x3 conv, 3 -> 16 channels, padding 1, on 224x224,
     as the stride grows: both fall by the square of the stride."""
@@ -56,6 +81,13 @@ def stride_cost() -> None:
         print(f"{s:>6}  {h:>3}x{h:<3}  {h * h * 3 * 3 * 3 * 16:>12,}")
 
 
+stride_cost()
+
+# %% [markdown]
+# ## Max pooling is not linear, average pooling is a convolution
+
+
+# %%
 def pooling_linearity() -> None:
     """Max pooling is not linear (a counterexample); average pooling is the conv with a constant
     kernel 1 / (kh * kw), padding and stride included."""
@@ -73,6 +105,13 @@ def pooling_linearity() -> None:
           float(jnp.abs(ops.avg_pool2d(x, 3, stride=2, padding=1) - as_conv).max()), 0.0, atol=1e-6)
 
 
+pooling_linearity()
+
+# %% [markdown]
+# ## Pooling again and again
+
+
+# %%
 def repeated_pooling() -> None:
     """Halving a 16x16 image four times with 2x2 pooling ends at one pixel: the global maximum
     for max pooling, the mean for average pooling."""
@@ -84,16 +123,4 @@ def repeated_pooling() -> None:
     check("repeated average pooling = mean", float(y_avg.squeeze()), float(x.mean()), atol=1e-6)
 
 
-def main() -> None:
-    # Identities, checked in full float32: a GPU's default TF32 convolutions and matrix
-    # products round at about 1e-3 (1x1 conv vs Dense: 1.3e-3 apart on an H200).
-    with jax.default_matmul_precision("highest"):
-        one_by_one_is_dense()
-        two_kernels_are_one()
-        stride_cost()
-        pooling_linearity()
-        repeated_pooling()
-
-
-if __name__ == "__main__":
-    main()
+repeated_pooling()

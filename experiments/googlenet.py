@@ -1,3 +1,4 @@
+# %%
 """d2l 8.4 -- GoogLeNet on Fashion-MNIST resized to 96, the book's recipe (SGD, lr 0.01, batch 128,
 10 epochs).
 
@@ -13,5 +14,8 @@ minutes. Results in experiments/RESULTS.md.
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("googlenet", doc=__doc__))
+    status = reproduce("googlenet", doc=__doc__)
+    if status:
+        raise SystemExit(status)

@@ -1,3 +1,4 @@
+# %%
 """d2l 7.6 -- LeNet on Fashion-MNIST with the book's recipe (SGD, lr 0.1, batch 128, 10 epochs).
 
 Run (from the repository root):
@@ -14,5 +15,8 @@ recipe's in PyTorch 0.727 (`python experiments/torch_train.py lenet --seeds 0-19
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("lenet", doc=__doc__))
+    status = reproduce("lenet", doc=__doc__)
+    if status:
+        raise SystemExit(status)

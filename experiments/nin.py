@@ -1,3 +1,4 @@
+# %%
 """d2l 8.3 -- Network in Network on Fashion-MNIST resized to 224, the book's recipe (SGD, lr 0.05,
 batch 128, 10 epochs).
 
@@ -13,5 +14,8 @@ Results in experiments/RESULTS.md.
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("nin", doc=__doc__))
+    status = reproduce("nin", doc=__doc__)
+    if status:
+        raise SystemExit(status)

@@ -1,3 +1,4 @@
+# %%
 """d2l 8.8 -- RegNetX-32 (AnyNet with the book's settings) on Fashion-MNIST resized to 96, the
 book's recipe (SGD, lr 0.05, batch 128, 10 epochs).
 
@@ -13,5 +14,8 @@ on one H100/H200-class GPU about a minute. Results in experiments/RESULTS.md.
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("regnetx32", doc=__doc__))
+    status = reproduce("regnetx32", doc=__doc__)
+    if status:
+        raise SystemExit(status)

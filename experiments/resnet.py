@@ -1,3 +1,4 @@
+# %%
 """d2l 8.6.4 -- ResNet-18 on Fashion-MNIST resized to 96, the book's recipe (SGD, lr 0.01,
 batch 128, 10 epochs).
 
@@ -15,5 +16,8 @@ about 0.90-0.91; seed 0 here: 0.9039 after 10 epochs (experiments/RESULTS.md).
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("resnet18", doc=__doc__))
+    status = reproduce("resnet18", doc=__doc__)
+    if status:
+        raise SystemExit(status)

@@ -1,3 +1,4 @@
+# %%
 """d2l 8.2.3 -- VGG (the book's small arch) on Fashion-MNIST resized to 224, the book's recipe
 (SGD, lr 0.01, batch 128, 10 epochs).
 
@@ -15,5 +16,8 @@ The book reaches a validation accuracy of about 0.89-0.90; seed 0 here: 0.8913 a
 
 from common import reproduce
 
+# %%
 if __name__ == "__main__":
-    raise SystemExit(reproduce("vgg", doc=__doc__))
+    status = reproduce("vgg", doc=__doc__)
+    if status:
+        raise SystemExit(status)

@@ -1,5 +1,6 @@
 """The experiment scripts run end to end: chapter 7's check their own values against the
-book's; chapter 8's print the summary and train with the book's recipe (cut short here)."""
+book's; chapter 8's print the summary and train with the book's recipe (cut short here). They
+are jupytext percent-format notebooks too, and two of them run as notebooks here."""
 
 from __future__ import annotations
 
@@ -70,3 +71,47 @@ def test_every_chapter8_script_names_registered_models():
         (call,) = re.findall(r"reproduce\(([^)]*)\)", script.read_text())
         names = re.findall(r'"([^"]+)"', call)
         assert names and all(name in models.REGISTRY for name in names), (script.name, names)
+
+
+# Not notebooks: the PyTorch reference models, their training loop and the profiler.
+NOT_NOTEBOOKS = {"common.py", "torch_reference.py", "torch_train.py", "profile_step.py"}
+
+
+def test_every_experiment_script_is_a_percent_format_notebook():
+    jupytext = pytest.importorskip("jupytext", reason="jupytext is in the dev extra")
+    scripts = sorted(p for p in EXPERIMENTS.glob("*.py") if p.name not in NOT_NOTEBOOKS)
+    assert len(scripts) >= 14, scripts
+    for script in scripts:
+        assert script.read_text().startswith("# %%"), script.name
+        notebook = jupytext.read(script)
+        assert notebook.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
+        assert sum(cell.cell_type == "code" for cell in notebook.cells) >= 2, script.name
+
+
+def _outputs(notebook) -> str:
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
+
+
+@pytest.mark.parametrize("script, values", [
+    ("conv_layer", ["corr2d(X, K):\n[[19. 25.]\n [37. 43.]]",
+                    "[[ 0.  1.  0.  0.  0. -1.  0.]\n [ 0.  1.  0.  0.  0. -1.  0.]"]),
+    ("pooling", ["pool2d(X, (2, 2)):\n[[4. 5.]\n [7. 8.]]",
+                 "pool2d(X, (2, 2), 'avg'):\n[[2. 3.]\n [5. 6.]]", "max_pool2d(X, 3):\n[[10.]]",
+                 "max_pool2d(X, 3, padding=1, stride=2):\n[[ 5.  7.]\n [13. 15.]]",
+                 "[[[ 5.  7.]\n  [13. 15.]]\n\n [[ 6.  8.]\n  [14. 16.]]]"]),
+])
+def test_chapter7_notebooks_show_the_books_values(script, values):
+    jupytext = pytest.importorskip("jupytext", reason="jupytext is in the dev extra")
+    nbclient = pytest.importorskip("nbclient", reason="nbclient is in the dev extra")
+    notebook = jupytext.read(EXPERIMENTS / f"{script}.py")
+    assert any(cell.cell_type == "markdown" and cell.source.startswith("# d2l 7.")
+               for cell in notebook.cells)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(EXPERIMENTS)}}).execute()
+    text = _outputs(notebook)
+    for value in values:
+        assert value in text, (value, text)
+    if script == "conv_layer":           # the book learns [[1.0027, -0.9661]]
+        (learned,) = re.findall(r"learned kernel.*:\n\[\[ *(\S+) +(\S+) *\]\]", text)
+        assert abs(float(learned[0]) - 1) < 0.1 and abs(float(learned[1]) + 1) < 0.1, learned
