@@ -20,7 +20,31 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _given(what: str):
+    """An argparse type that refuses an empty string, which would read as a flag not given."""
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected {what}, got an empty string")
+        return text
+    return check
+
+
+_path = _given("a path")
+
+
+def _data_dir(text: str) -> str:
+    from pathlib import Path
+
+    path = Path(_path(text)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected the directory of the Fashion-MNIST .gz "
+                                         f"files; {text!r} is a file, not a directory")
+    return text
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
+    from flax import nnx
+
     from jaxcnn import models, summary
 
     spec = models.spec(args.model)
@@ -28,7 +52,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if shape[1] != shape[2]:
         raise ValueError(f"the models are built for square images; got H={shape[1]}, "
                          f"W={shape[2]} in --input-shape {','.join(map(str, shape))}")
-    model = models.create(args.model, in_channels=shape[3], image_size=shape[1])
+    # Shapes only: the table needs no parameter values, so any input size costs no memory.
+    model = nnx.eval_shape(lambda: models.create(args.model, in_channels=shape[3],
+                                                 image_size=shape[1]))
     print(f"{args.model}: {spec.description}, input {shape} (NHWC)")
     summary.layer_summary(model, shape)
     return 0
@@ -44,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         lr=args.lr, optimizer=args.optimizer, image_size=args.image_size,
                         seed=args.seed, data_dir=args.data_dir,
                         checkpoint_every=args.checkpoint_every, devices=args.devices,
-                        dtype=args.dtype,
+                        dtype=args.dtype, val_examples=args.val_examples,
                         train_examples=args.train_examples, test_examples=args.test_examples)
     workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
     main = jax.process_index() == 0
@@ -54,25 +80,31 @@ def cmd_train(args: argparse.Namespace) -> int:
                    for name in ("optimizer", "lr", "batch_size", "epochs", "image_size")
                    if getattr(cfg, name) != getattr(base, name)]
         recipe = f"{cfg.recipe} recipe" + (f", {', '.join(changed)} changed" if changed else "")
+        validation = (f"{cfg.val_examples:,} held-out training images validate, the test set "
+                      f"is reported" if cfg.val_examples else
+                      "the test set validates and picks the best checkpoint, as in the book")
         print(f"training {cfg.model} ({cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}, "
               f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, {cfg.image_size}x{cfg.image_size}; "
-              f"{recipe}) in {workdir}")
+              f"{recipe}; {validation}) in {workdir}")
         if cfg.dtype == "bfloat16" and jax.default_backend() == "cpu":
             print("note: bfloat16 compute is for GPUs; on a 2-core x86 CPU it ran at 0.76x "
                   "(LeNet) and 1.03x (ResNet-18) float32's speed (experiments/RESULTS.md)",
                   file=sys.stderr)
     history = train.fit(cfg, workdir, force_new=args.force_new)
     if history and main:
-        print(f"final val_acc {history[-1]['val_acc']:.4f}; metrics, curves and checkpoints "
-              f"in {workdir}")
+        tested = (f", test_acc {history[-1]['test_acc']:.4f}" if "test_acc" in history[-1]
+                  else "")
+        print(f"final val_acc {history[-1]['val_acc']:.4f}{tested}; metrics, curves and "
+              f"checkpoints in {workdir}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from jaxcnn import train
 
-    result = train.evaluate_workdir(args.workdir, args.data_dir)
-    print(f"{result['model']} best checkpoint (epoch {result['epoch']}, step {result['step']}): "
+    result = train.evaluate_workdir(args.workdir, args.data_dir, args.which)
+    print(f"{result['model']} {args.which} checkpoint (epoch {result['epoch']}, step "
+          f"{result['step']}): "
           f"test_acc {result['test_acc']:.4f}  test_loss {result['test_loss']:.4f}  (all "
           f"{result['test_examples']:,} test images)")
     return 0
@@ -108,15 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=COMPUTE_DTYPES,
                        help="compute dtype (default float32; parameters and optimizer state "
                             "stay float32)")
-    train.add_argument("--workdir", help="where metrics, curves and checkpoints go "
+    train.add_argument("--workdir", type=_path, help="where metrics, curves and checkpoints go "
                                          "(default runs/MODEL-RECIPE); resumed if it holds a run")
-    train.add_argument("--data-dir", help="directory of the Fashion-MNIST .gz files")
+    train.add_argument("--data-dir", type=_data_dir,
+                       help="directory of the Fashion-MNIST .gz files")
     train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                        help="steps between mid-epoch checkpoints (default 500; 0: epochs only)")
     train.add_argument("--train-examples", type=int, metavar="N",
                        help="train on the first N training images only (a reduced run)")
     train.add_argument("--test-examples", type=int, metavar="N",
                        help="evaluate on the first N test images only (a reduced run)")
+    train.add_argument("--val-examples", type=int, metavar="N",
+                       help="hold out N training images to validate and choose the best "
+                            "checkpoint (default: book recipes 0, the test set validating as "
+                            "in the book; improved recipes 5000)")
     train.add_argument("--force-new", action="store_true",
                        help="discard the workdir's checkpoints and metrics and start over")
     train.add_argument("--devices", type=int, metavar="N",
@@ -125,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-host", "join a jax.distributed run (or set JAX_COORDINATOR_ADDRESS, "
                       "JAX_NUM_PROCESSES, JAX_PROCESS_ID; --num-processes -1 lets JAX detect "
                       "SLURM)")
-    multihost.add_argument("--coordinator", metavar="HOST:PORT",
+    multihost.add_argument("--coordinator", metavar="HOST:PORT", type=_given("HOST:PORT"),
                            help="address of process 0's coordinator")
     multihost.add_argument("--num-processes", type=int)
     multihost.add_argument("--process-id", type=int)
@@ -148,23 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a run's best "
                                                 "checkpoint")
-    evaluate.add_argument("workdir")
-    evaluate.add_argument("--data-dir", help="directory of the Fashion-MNIST .gz files")
+    evaluate.add_argument("workdir", type=_path)
+    evaluate.add_argument("--which", choices=("best", "latest"), default="best",
+                          help="which checkpoint (default: best)")
+    evaluate.add_argument("--data-dir", type=_data_dir,
+                          help="directory of the Fashion-MNIST .gz files")
     evaluate.set_defaults(run=cmd_eval)
     return parser
+
+
+def _flag_names(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """The settings ``command`` has flags for, by the names of the Config fields and keyword
+    arguments they set (``batch_size`` for ``--batch-size``), so that errors name the flags."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {action.dest for action in commands.choices[command]._actions
+            if action.option_strings and action.dest != "help"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; errors print one line (a traceback too with ``--debug``). Exit codes:
     0 done, 2 bad input or files, 3 training diverged, 130 interrupted."""
-    from jaxcnn import compile_cache, xla_flags
+    from jaxcnn import compile_cache, names, xla_flags
     from jaxcnn.train import DivergenceError
 
     xla_flags.apply()
     compile_cache.enable()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with names.flags(_flag_names(parser, args.command)):
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"jaxcnn {args.command}: interrupted; run the same command to resume",
               file=sys.stderr)

@@ -44,7 +44,10 @@ def read_metrics(workdir: Path) -> list[dict]:
 
 
 def plot_curves(path: Path, history: Sequence[dict], title: str = "") -> None:
-    """The book's training curves: train and validation loss, validation accuracy, by epoch."""
+    """The book's training curves by epoch: train and validation loss, validation accuracy (and
+    test accuracy where a held-out split validates). With label smoothing both losses are the
+    smoothed objective, so that they compare like with like (``val_loss`` in the metrics is the
+    plain cross-entropy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,9 +55,14 @@ def plot_curves(path: Path, history: Sequence[dict], title: str = "") -> None:
 
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train_loss")
-    ax.plot(epochs, [r["val_loss"] for r in history], "--", label="val_loss")
+    smoothed = bool(history) and all("val_loss_smoothed" in r for r in history)
+    suffix = " (label-smoothed)" if smoothed else ""
+    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train_loss" + suffix)
+    ax.plot(epochs, [r["val_loss_smoothed" if smoothed else "val_loss"] for r in history], "--",
+            label="val_loss" + suffix)
     ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val_acc")
+    if history and all("test_acc" in r for r in history):
+        ax.plot(epochs, [r["test_acc"] for r in history], ":", label="test_acc")
     ax.set_xlabel("epoch")
     ax.set_xlim(0, max(epochs) if epochs else 1)
     ax.grid(alpha=0.3)

@@ -155,15 +155,19 @@ def cli_error(capsys, *argv: str) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "alexnetz"], "unknown model 'alexnetz'; known models: lenet"),
-    (["train", "lenet", "--epochs", "0"], "epochs must be a positive integer, got 0"),
-    (["train", "lenet", "--epochs", "-2"], "epochs must be a positive integer, got -2"),
-    (["train", "lenet", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
-    (["train", "lenet", "--lr", "0"], "lr must be a positive number, got 0.0"),
-    (["train", "lenet", "--lr", "-0.1"], "lr must be a positive number, got -0.1"),
-    (["train", "vgg", "--image-size", "16"], "image_size 16 is too small for vgg: it needs at "
-                                             "least 32"),
+    (["train", "lenet", "--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
+    (["train", "lenet", "--epochs", "-2"], "error: --epochs must be a positive integer, got -2"),
+    (["train", "lenet", "--epochs", "20000"], "error: --epochs must be at most 10,000"),
+    (["train", "lenet", "--batch-size", "0"], "error: --batch-size must be a positive integer, "
+                                              "got 0"),
+    (["train", "lenet", "--lr", "0"], "error: --lr must be a positive number, got 0.0"),
+    (["train", "lenet", "--lr", "-0.1"], "error: --lr must be a positive number, got -0.1"),
+    (["train", "vgg", "--image-size", "16"], "error: --image-size 16 is too small for vgg: it "
+                                             "needs at least 32"),
     (["summary", "resnet9"], "unknown model 'resnet9'"),
-    (["train", "lenet", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
+    (["train", "lenet", "--seed", "-1"], "error: --seed must be a non-negative integer, got -1"),
+    (["train", "lenet", "--val-examples", "60000"], "error: --val-examples 60,000 leaves none "
+                                                    "of the 60,000 training images"),
     (["train", "lenet", "--coordinator", "nohostport", "--num-processes", "1", "--process-id",
       "0"], "--coordinator (or JAX_COORDINATOR_ADDRESS) must be HOST:PORT, e.g. 10.0.0.1:1234; "
             "got 'nohostport'"),
@@ -179,11 +183,21 @@ def test_bad_arguments(capsys, argv, message):
     assert message in cli_error(capsys, *argv)
 
 
-def test_library_raises_the_same_messages():
-    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+def test_library_errors_name_the_librarys_settings():
+    with pytest.raises(ValueError, match="^epochs must be a positive integer, got 0"):
         Config(model="lenet", epochs=0)
-    with pytest.raises(ValueError, match="image_size 16 is too small for vgg"):
+    with pytest.raises(ValueError, match="^image_size 16 is too small for vgg"):
         Config(model="vgg", image_size=16)
+
+
+
+def test_library_divergence_names_the_arguments_not_the_flags(tmp_path):
+    cfg = Config(model="lenet", lr=1e6, epochs=1, train_examples=1024, checkpoint_every=0)
+    with pytest.raises(train.DivergenceError) as caught:
+        train.fit(cfg, tmp_path, log=lambda s: None)
+    message = str(caught.value)
+    assert "with a lower lr (now 1e+06)" in message and "(force_new=True starts over)" in message
+    assert "--" not in message
 
 
 def test_unwritable_workdir(tmp_path, capsys):
@@ -212,12 +226,11 @@ def test_more_examples_than_the_split_holds_is_refused_before_the_workdir_is_tou
     assert cli.main(["train", "lenet", "--epochs", "1", "--train-examples", "256",
                      "--test-examples", "256", "--workdir", str(run)]) == 0
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    for flag, count, split in [("--train-examples", "70000", "60,000 images of the train"),
+    for flag, count, split in [("--train-examples", "70000", "60,000 images of the training"),
                                ("--test-examples", "10001", "10,000 images of the test")]:
         err = cli_error(capsys, "train", "lenet", flag, count, "--force-new", "--workdir",
                         str(run))
-        assert err.endswith(f"{flag[2:].replace('-', '_')} {count} is more than the {split} "
-                            f"split")
+        assert err.endswith(f"{flag} {int(count):,} is more than the {split} split")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 

@@ -77,14 +77,17 @@ def test_evaluation_counts_every_test_image_once(fmnist):
     # Full float32 precision: a GPU's default TF32 convolutions, run at other batch sizes,
     # flip a few near-tied predictions (4 of 10,000 on an H200), which would hide the count.
     with jax.default_matmul_precision("highest"):
-        loss, acc = trainer.evaluate(state, images, labels)
+        loss, acc, smoothed = trainer.evaluate(state, images, labels)
         # 10,000 / 128 leaves a padded last batch; the accuracy is a count over all 10,000.
         logits = trainer._model(state, train=False)(data.preprocess(images, 28))
         correct = int((jnp.argmax(logits, -1) == labels).sum())
         big = train.Trainer(config.recipe("lenet", "improved", batch_size=1000), 100)
-        loss_big, acc_big = big.evaluate(state, images, labels)
+        loss_big, acc_big, _ = big.evaluate(state, images, labels)
     assert 0.2 < acc < 0.99 and acc == correct / 10_000
     assert acc == acc_big and loss == pytest.approx(loss_big, rel=1e-5)
+    # The improved recipe smooths labels (0.1): the smoothed loss is the training objective.
+    expected = train.cross_entropy(logits, labels, cfg.label_smoothing).mean()
+    assert smoothed == pytest.approx(float(expected), rel=1e-4) and smoothed != loss
 
 
 @pytest.mark.parametrize("overrides", [
@@ -222,7 +225,7 @@ def test_resuming_a_different_config_is_refused(tmp_path):
     other = Config(model="lenet", epochs=1, batch_size=512, optimizer="momentum",
                    checkpoint_every=0)
     with pytest.raises(ValueError, match=r"different config \(optimizer: 'sgd' != 'momentum'\)"
-                                         r".*--force-new"):
+                                         r".*force_new=True"):
         train.fit(other, tmp_path, log=lambda s: None)
     history = train.fit(other, tmp_path, force_new=True, log=lambda s: None)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -282,7 +285,8 @@ def test_cli_train_and_eval(tmp_path, capsys):
                      "--workdir", workdir]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"training lenet (sgd, lr 0.1, batch 512, 1 epoch, 28x28; book recipe, "
-                          f"--batch-size, --epochs changed) in {workdir}\n")
+                          f"--batch-size, --epochs changed; the test set validates and picks "
+                          f"the best checkpoint, as in the book) in {workdir}\n")
     assert "epoch 1/1" in out and "final val_acc" in out
     assert cli.main(["eval", workdir]) == 0
     assert "(all 10,000 test images)" in capsys.readouterr().out
