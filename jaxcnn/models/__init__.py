@@ -128,12 +128,14 @@ def set_compute_dtype(model: nnx.Module, dtype: str) -> nnx.Module:
 
 def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
            image_size: int | None = None, seed: int = 0, dtype: str = "float32",
-           **overrides: Any) -> nnx.Module:
+           rngs: nnx.Rngs | None = None, **overrides: Any) -> nnx.Module:
     """Build model ``name`` for ``(N, image_size, image_size, in_channels)`` inputs.
 
     ``image_size`` defaults to the book's (the LeNets 28, AlexNet, VGG and NiN 224, the others
     96); ``overrides`` go to the model's constructor (e.g. ``arch=...``). Parameters come from
-    ``nnx.Rngs(seed)``; ``dtype`` is the compute dtype (see ``set_compute_dtype``).
+    ``nnx.Rngs(seed)``, or from ``rngs`` when given (``seed`` is then unused: ``rngs`` may hold
+    a traced key, so that ``jax.vmap`` over keys builds many models' parameters at once);
+    ``dtype`` is the compute dtype (see ``set_compute_dtype``).
     """
     entry = spec(name)
     image_size = entry.image_size if image_size is None else image_size
@@ -148,5 +150,5 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1,
         raise ValueError(f"image_size {image_size} is too small for {name}: it needs at least "
                          f"{entry.min_image_size} (the book uses {entry.image_size})")
     model = entry.build(int(num_classes), int(in_channels), int(image_size),
-                        nnx.Rngs(int(seed)), **overrides)
+                        nnx.Rngs(int(seed)) if rngs is None else rngs, **overrides)
     return set_compute_dtype(model, dtype)
