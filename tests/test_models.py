@@ -248,17 +248,21 @@ def test_batch_statistics_of_an_empty_batch_are_refused_not_nan():
         chex.assert_trees_all_equal(nnx.state(model, nnx.BatchStat), stats)
 
 
-@pytest.mark.parametrize("name, arch, size", [
-    ("resnet18", ((1, 16), (1, 32)), 32),
-    ("resnext", ((1, 32), (1, 64)), 32),           # the first stage wider than the stem
-    ("regnetx32", ((1, 32, 16, 1.0),), 32),
-    ("vgg", ((1, 8), (1, 16)), 32)])
-def test_arch_overrides_build_the_given_stages(name, arch, size):
+@pytest.mark.parametrize("name, arch, size, widths", [
+    ("resnet18", ((1, 16), (1, 32)), 32, {64, 16, 32}),       # the stem's 64, then the stages
+    ("resnext", ((1, 32), (1, 64)), 32, {64, 32}),            # the first stage wider than the
+    ("regnetx32", ((1, 32, 16, 1.0),), 32, {32}),             # stem; bottlenecks as wide
+    ("vgg", ((1, 8), (1, 16)), 32, {8, 16})])
+def test_arch_overrides_build_the_given_stages(name, arch, size, widths):
     model = models.create(name, image_size=size, arch=arch)
     model.eval()
     chex.assert_shape(model(jnp.ones((2, size, size, 1))), (2, 10))
-    widths = [m.out_features for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)]
-    assert arch[-1][1] in widths and max(widths) <= max(64, arch[-1][1])
+    convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)]
+    assert {m.out_features for m in convs} == widths
+    # The stem's conv and one block per stage, each projecting its input here (a 1x1 conv):
+    # Residual 2 + 1 convs, ResNeXtBlock 3 + 1; a VGG block of one conv.
+    expected = {"resnet18": 1 + 2 * 3, "resnext": 1 + 2 * 4, "regnetx32": 1 + 4, "vgg": 2}
+    assert len(convs) == expected[name]
 
 
 @pytest.mark.parametrize("build, message", [
