@@ -107,6 +107,22 @@ def _problem(error: Exception) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
+def _quiet_orphaned_reads() -> None:
+    """After a failed restore, Orbax's reader leaves reads of the damaged checkpoint in flight;
+    at exit each reports ``RuntimeError: Event loop is closed`` as a raw traceback. Drop just
+    those (every other unraisable error still reaches the previous hook)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    if getattr(previous, "__name__", "") != "jaxcnn_quiet_orphaned_reads":
+        hook.__name__ = "jaxcnn_quiet_orphaned_reads"
+        sys.unraisablehook = hook
+
+
 def _on_main(action: Callable[[], None]) -> None:
     """``action()`` on process 0 only; every process waits until it is done."""
     if jax.process_index() == 0:
@@ -216,6 +232,7 @@ class Checkpoints:
                     result = restored.state, restored.meta
                 except (OSError, ValueError, KeyError) as error:  # a damaged save
                     problem = _problem(error)
+                    _quiet_orphaned_reads()
             if result is not None:
                 break
             failures.append((step, problem))

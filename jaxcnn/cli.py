@@ -72,7 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                         checkpoint_every=args.checkpoint_every, devices=args.devices,
                         dtype=args.dtype, val_examples=args.val_examples,
                         train_examples=args.train_examples, test_examples=args.test_examples)
-    workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}"
+    seeds = train.parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds is not None and args.seed is not None:
+        raise ValueError("--seed and --seeds both given: --seeds 3 trains seed 3 alone in a "
+                         "group, --seed 3 as a single run")
+    workdir = args.workdir or f"runs/{cfg.model}-{cfg.recipe}" + ("-seeds" if seeds else "")
     main = jax.process_index() == 0
     if main:
         base = config.recipe(cfg.model, cfg.recipe)
@@ -85,11 +89,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "the test set validates and picks the best checkpoint, as in the book")
         print(f"training {cfg.model} ({cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}, "
               f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, {cfg.image_size}x{cfg.image_size}; "
-              f"{recipe}; {validation}) in {workdir}")
+              f"{recipe}; {validation}"
+              + (f"; seeds {args.seeds}, {len(seeds)} runs" if seeds else "") + f") in {workdir}")
         if cfg.dtype == "bfloat16" and jax.default_backend() == "cpu":
             print("note: bfloat16 compute is for GPUs; on a 2-core x86 CPU it ran at 0.76x "
                   "(LeNet) and 1.03x (ResNet-18) float32's speed (experiments/RESULTS.md)",
                   file=sys.stderr)
+    if seeds is not None:
+        runs = train.fit_seeds(cfg, workdir, seeds, force_new=args.force_new,
+                               mode=args.seeds_mode)
+        final = runs.summary[-1]["val_acc"] if runs.summary else None
+        if final and main:
+            print(f"final val_acc over {len(seeds)} seeds: median {final['median']:.4f}, mean "
+                  f"{final['mean']:.4f} (sd {final['sd']:.4f}), min {final['min']:.4f}, max "
+                  f"{final['max']:.4f}; each seed's run in {workdir}/seed-N, the summary in "
+                  f"{workdir}/summary.json")
+        return 0
     history = train.fit(cfg, workdir, force_new=args.force_new)
     if history and main:
         tested = (f", test_acc {history[-1]['test_acc']:.4f}" if "test_acc" in history[-1]
@@ -137,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int,
                        help="input side (default: the book's, 28 / 224 / 96)")
     train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument("--seeds", metavar="LIST",
+                       help="train one run per seed, e.g. 0-19 or 0,3,7, into WORKDIR/seed-N, "
+                            "with their statistics in WORKDIR/summary.json")
+    train.add_argument("--seeds-mode", choices=("vmap", "interleave", "sequential"),
+                       help="how --seeds train: one vmapped step for all (default on GPUs), "
+                            "their steps in turn (default on CPUs), or one after another")
     train.add_argument("--dtype", choices=COMPUTE_DTYPES,
                        help="compute dtype (default float32; parameters and optimizer state "
                             "stay float32)")
@@ -174,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_module.add_arguments(bench)
     bench.set_defaults(run=bench_module.run)
+
 
     report = commands.add_parser("report", help="what a run's network learned: confusion "
                                                 "matrix, predictions, kernels, feature maps "

@@ -52,7 +52,7 @@ def enable(environ: MutableMapping[str, str] = os.environ) -> Path | None:
     when it is off or the user's own choice stands. Call before JAX's first compile."""
     if environ.get(ENV_OFF, "1") == "0" or environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
-    if "jax" in sys.modules:
+    if environ is os.environ and "jax" in sys.modules:
         import jax
         if jax.config.jax_compilation_cache_dir:
             return None

@@ -12,13 +12,15 @@ update, and donates the old state's buffers. Randomness per step is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
-import math
 import os
+import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -85,34 +87,55 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def init_state(cfg: Config, tx: optax.GradientTransformation,
+               key: jax.Array) -> tuple[State, nnx.State]:
+    """A seed's initial train state from its key, ``jax.random.key(seed)``, split once into
+    the parameters' key and the training key (augmentation and dropout, folded with the step).
+    Pure, so ``jax.vmap`` over keys makes many seeds' stacked states. Returns the state and
+    the model's other variables (the Dropout layers' own keys, which the steps never use)."""
+    init_key, train_key = jax.random.split(key)
+    model = models.create(cfg.model, image_size=cfg.image_size, dtype=cfg.dtype,
+                          rngs=nnx.Rngs(init_key), **cfg.model_overrides)
+    _, params, batch_stats, constants = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    return {"params": params, "batch_stats": batch_stats, "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(train_key)}, constants
+
+
 class Trainer:
-    """The static parts of a run (graph, optimizer, image size, key, device mesh) and its pure
-    steps.
+    """The static parts of a run (graph, optimizer, image size, device mesh) and its pure
+    steps; everything that changes (parameters, statistics, optimizer state, step, the
+    training key) is in the state.
 
     ``train_step(state, batch) -> (state, loss)`` and ``eval_step(state, batch) -> sums`` run
     the jitted steps on a host batch sharded over ``mesh`` (default: ``cfg.devices`` local
     devices of every process); the state stays replicated. ``train_step_fn`` /
     ``eval_step_fn`` are the pure functions unjitted. ``train_step`` donates its input state:
-    pass ``initial_state`` once, or a copy.
+    pass ``initial_state`` (``cfg.seed``'s; ``init(seed)`` gives another seed's) once, or a
+    copy. ``group(states, mode)`` trains several seeds' states in lock step.
     """
 
     def __init__(self, cfg: Config, steps_per_epoch: int, mesh: jax.sharding.Mesh | None = None):
         self.cfg = cfg
         self.mesh = parallel.make_mesh(cfg.devices) if mesh is None else mesh
         parallel.check_batch_size(cfg.batch_size, self.mesh)
-        model = models.create(cfg.model, image_size=cfg.image_size, seed=cfg.seed,
-                              dtype=cfg.dtype, **cfg.model_overrides)
-        self.graphdef, params, batch_stats, self.constants = nnx.split(
-            model, nnx.Param, nnx.BatchStat, ...)
         self.tx = make_optimizer(cfg, steps_per_epoch)
-        self.key = jax.random.fold_in(jax.random.key(cfg.seed), 1)   # 0 made the parameters
-        self.initial_state: State = parallel.replicate(
-            {"params": params, "batch_stats": batch_stats, "opt_state": self.tx.init(params),
-             "step": jnp.zeros((), jnp.int32)}, self.mesh)
+        # Eagerly: each op's small program is compiled once and shared by every model and
+        # size, where a jitted init compiles anew for each (seconds on a CPU).
+        self._init = functools.partial(init_state, cfg, self.tx)
+        abstract_model = nnx.eval_shape(lambda: models.create(
+            cfg.model, image_size=cfg.image_size, dtype=cfg.dtype, **cfg.model_overrides))
+        self.graphdef = nnx.split(abstract_model, nnx.Param, nnx.BatchStat, ...)[0]
+        state, self.constants = self._init(jax.random.key(cfg.seed))
+        self.initial_state: State = parallel.replicate(state, self.mesh)
         replicated = parallel.replicated(self.mesh)
         self._train_step = jax.jit(self.train_step_fn, donate_argnums=0,
                                    out_shardings=replicated)
         self._eval_step = jax.jit(self.eval_step_fn, out_shardings=replicated)
+        self._vmapped: tuple[Callable, Callable] | None = None
+
+    def init(self, seed: int) -> State:
+        """Seed ``seed``'s initial state, replicated over the mesh."""
+        return parallel.replicate(self._init(jax.random.key(seed))[0], self.mesh)
 
     def train_step(self, state: State, batch: Batch) -> tuple[State, jax.Array]:
         """One jitted step on a host batch (the global batch; sharded over the mesh here)."""
@@ -121,6 +144,19 @@ class Trainer:
     def eval_step(self, state: State, batch: Batch) -> dict[str, jax.Array]:
         return self._eval_step(state, parallel.shard_batch(batch, self.mesh))
 
+    def vmapped_steps(self) -> tuple[Callable, Callable]:
+        """The jitted steps over states stacked along a leading seed axis: ``train(states,
+        batches)`` with batches stacked too, ``evaluate(states, batch)`` with one batch for
+        every seed. One device (``group`` refuses a larger mesh)."""
+        if self._vmapped is None:
+            self._vmapped = (jax.jit(jax.vmap(self.train_step_fn), donate_argnums=0),
+                             jax.jit(jax.vmap(self.eval_step_fn, in_axes=(0, None))))
+        return self._vmapped
+
+    def group(self, states: list[State], mode: str) -> SeedGroup:
+        """``states`` (one per seed) to train in lock step; see ``SeedGroup``."""
+        return SeedGroup(self, states, mode)
+
     def _model(self, state: State, train: bool) -> nnx.Module:
         model = nnx.merge(self.graphdef, state["params"], state["batch_stats"], self.constants,
                           copy=True)   # fresh Variables at the current trace level
@@ -128,7 +164,8 @@ class Trainer:
         return model
 
     def train_step_fn(self, state: State, batch: Batch) -> tuple[State, jax.Array]:
-        key_augment, key_dropout = jax.random.split(jax.random.fold_in(self.key, state["step"]))
+        key = jax.random.wrap_key_data(state["key"])
+        key_augment, key_dropout = jax.random.split(jax.random.fold_in(key, state["step"]))
         images = batch["image"]
         if self.cfg.augment:
             images = random_crop_flip(images, key_augment)
@@ -145,7 +182,7 @@ class Trainer:
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
-                "step": state["step"] + 1}, loss
+                "step": state["step"] + 1, "key": state["key"]}, loss
 
     def eval_step_fn(self, state: State, batch: Batch) -> dict[str, jax.Array]:
         """Sums over the batch's real (mask True) examples: loss, the label-smoothed loss the
@@ -163,16 +200,94 @@ class Trainer:
     def evaluate(self, state: State, images: np.ndarray, labels: np.ndarray) -> Evaluation:
         """Mean loss (and label-smoothed loss) and accuracy over every example exactly once,
         counted over the whole split."""
-        totals = None
-        for batch in data.batches(images, labels, self.cfg.batch_size, train=False):
-            sums = self.eval_step(state, batch)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        totals = jax.tree.map(parallel.to_host, totals)
-        count = int(totals["count"])
-        if count != len(images):
-            raise AssertionError(f"evaluated {count} examples, expected {len(images)}")
-        return Evaluation(float(totals["loss_sum"]) / count, int(totals["correct"]) / count,
-                          float(totals["smoothed_loss_sum"]) / count)
+        return _evaluations(lambda batch: self.eval_step(state, batch), images, labels,
+                            self.cfg.batch_size)[0]
+
+
+def _evaluations(eval_step: Callable[[Batch], dict], images: np.ndarray, labels: np.ndarray,
+                 batch_size: int) -> list[Evaluation]:
+    """One ``Evaluation`` per seed from ``eval_step(batch)``'s sums, scalars (one seed) or
+    ``(S,)`` arrays (S seeds), added up over every batch of the split."""
+    totals = None
+    for batch in data.batches(images, labels, batch_size, train=False):
+        sums = eval_step(batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = {k: np.atleast_1d(parallel.to_host(v)) for k, v in totals.items()}
+    if not (totals["count"] == len(images)).all():
+        raise AssertionError(f"evaluated {totals['count']} examples, expected {len(images)}")
+    n = len(images)
+    return [Evaluation(float(loss) / n, int(correct) / n, float(smoothed) / n)
+            for loss, correct, smoothed in zip(totals["loss_sum"], totals["correct"],
+                                               totals["smoothed_loss_sum"], strict=True)]
+
+
+SEED_MODES = ("vmap", "interleave", "sequential")
+
+
+def default_seed_mode(backend: str | None = None) -> str:
+    """How several seeds train by default on ``backend`` (default: JAX's): ``vmap`` on GPUs
+    and TPUs; on the CPU the mode ``jaxcnn bench --seeds`` measured fastest
+    (experiments/RESULTS.md)."""
+    return CPU_SEED_MODE if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+CPU_SEED_MODE = "interleave"
+
+
+class SeedGroup:
+    """Several seeds' train states stepped together, one batch per seed at each step.
+
+    ``mode`` ``vmap``: the states stacked along a leading seed axis, one vmapped jitted step
+    for all seeds (one dispatch per step; BatchNorm statistics stay per seed); ``interleave``:
+    a list of states, each seed's jitted step in turn. (``sequential``, one seed after
+    another, is the fit loop's: groups of one.) ``vmap`` with more than one seed needs a mesh
+    of one device.
+    """
+
+    def __init__(self, trainer: Trainer, states: list[State], mode: str):
+        if mode not in ("vmap", "interleave"):
+            raise ValueError(f"a seed group steps by 'vmap' or 'interleave', got {mode!r}")
+        if mode == "vmap" and len(states) > 1 and trainer.mesh.size > 1:
+            raise ValueError(f"vmapped seeds train on one device; the mesh has "
+                             f"{trainer.mesh.size}")
+        self.trainer, self.mode, self.size = trainer, mode, len(states)
+        self._states: Any = (jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+                             if mode == "vmap" else list(states))
+
+    def step(self, batches: list[Batch]) -> jax.Array | list[jax.Array]:
+        """One train step of every seed on its batch; the losses (read them with
+        ``losses``)."""
+        if self.mode == "vmap":
+            train, _ = self.trainer.vmapped_steps()
+            stacked = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+            self._states, losses = train(self._states, stacked)
+            return losses
+        losses = []
+        for i, batch in enumerate(batches):
+            self._states[i], loss = self.trainer.train_step(self._states[i], batch)
+            losses.append(loss)
+        return losses
+
+    @staticmethod
+    def losses(step_losses: jax.Array | list[jax.Array]) -> np.ndarray:
+        """A ``step``'s losses on the host, one per seed."""
+        if isinstance(step_losses, list):
+            return np.array([float(parallel.to_host(v)) for v in step_losses])
+        return np.asarray(parallel.to_host(step_losses), dtype=np.float64)
+
+    def states(self) -> list[State]:
+        """Each seed's state (views of the stacked one for ``vmap``)."""
+        if self.mode == "vmap":
+            return [jax.tree.map(lambda x, i=i: x[i], self._states) for i in range(self.size)]
+        return list(self._states)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> list[Evaluation]:
+        """Each seed's ``Evaluation`` on the split."""
+        if self.mode == "interleave":
+            return [self.trainer.evaluate(state, images, labels) for state in self._states]
+        _, evaluate = self.trainer.vmapped_steps()
+        return _evaluations(lambda batch: evaluate(self._states, batch), images, labels,
+                            self.trainer.cfg.batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,39 +382,73 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
                 disable=not enabled, dynamic_ncols=True)
 
 
-def _train_epoch(trainer: Trainer, state: State, batches: Iterator[Batch], *, epoch: int,
-                 first: int, loss_sum: float, steps_per_epoch: int, bar: tqdm,
-                 checkpoints: Checkpoints, meta: dict) -> tuple[State, float]:
-    """Steps ``first`` to the end of ``epoch`` over ``batches`` (the epoch's, from its start).
+@dataclasses.dataclass
+class Run:
+    """One seed's run in its own workdir: its config (with its seed), checkpoints, state, and
+    the meta of its position with its metric history (``meta["history"]``)."""
 
-    Reads the losses back every ``SYNC_EVERY`` steps (raising ``DivergenceError`` on a bad
-    one), updates ``bar``, and saves a checkpoint at the mid-epoch checkpoint steps (``meta``
-    with the position and loss sum so far). Returns the state and the epoch's loss sum.
+    cfg: Config
+    workdir: Path
+    checkpoints: Checkpoints
+    state: State | None
+    meta: dict
+    name: str = ""            # "seed N" in a group of seeds, for messages
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.meta["epoch"], self.meta["step_in_epoch"]
+
+    @property
+    def history(self) -> list[dict]:
+        return self.meta["history"]
+
+
+class SeedRuns(NamedTuple):
+    """What ``fit_seeds`` returns: each seed's metric history and, per epoch, the statistics
+    over the seeds (``summary.json``)."""
+
+    histories: dict[int, list[dict]]
+    summary: list[dict]
+
+
+def _train_epoch(trainer: Trainer, group: SeedGroup, runs: list[Run], epoch: int,
+                 steps_per_epoch: int, train_images: np.ndarray, train_labels: np.ndarray,
+                 bar: tqdm) -> np.ndarray:
+    """The rest of ``epoch`` for the runs of ``group`` (all at one position), each on its own
+    shuffle of the training images. Reads the losses back every ``SYNC_EVERY`` steps
+    (``DivergenceError`` naming the seed of a bad one), updates ``bar``, and saves each run's
+    checkpoint at the mid-epoch checkpoint steps. Returns each run's loss sum over the epoch.
     """
-    cfg, start = trainer.cfg, time.perf_counter()
-    pending: list[jax.Array] = []
-    for index, batch in enumerate(itertools.islice(batches, first, None), start=first):
-        state, loss = trainer.train_step(state, batch)
-        pending.append(loss)
+    cfg, first = trainer.cfg, runs[0].meta["step_in_epoch"]
+    loss_sums = np.array([run.meta["loss_sum"] for run in runs], np.float64)
+    order = zip(*(data.batches(train_images, train_labels, cfg.batch_size, seed=run.cfg.seed,
+                               epoch=epoch, train=True) for run in runs), strict=True)
+    start, pending = time.perf_counter(), []
+    for index, batches in enumerate(itertools.islice(order, first, None), start=first):
+        pending.append(group.step(list(batches)))
         done = index + 1
         step = epoch * steps_per_epoch + done
         save_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                     and done < steps_per_epoch)
         if len(pending) == SYNC_EVERY or done == steps_per_epoch or save_now:
-            losses = [float(parallel.to_host(v)) for v in pending]
-            for offset, value in enumerate(losses):
-                if not (math.isfinite(value) and value <= cfg.max_loss):
-                    raise DivergenceError(_divergence_message(
-                        value, step - len(losses) + offset + 1, cfg, checkpoints))
-                loss_sum += value
-            rate = (done - first) * cfg.batch_size / (time.perf_counter() - start)
+            losses = np.stack([group.losses(v) for v in pending])      # (steps, seeds)
+            bad = ~(np.isfinite(losses) & (losses <= cfg.max_loss))
+            if bad.any():
+                row, column = np.argwhere(bad)[0]
+                raise DivergenceError(_divergence_message(
+                    float(losses[row, column]), step - len(losses) + int(row) + 1,
+                    runs[int(column)]))
+            loss_sums += losses.sum(axis=0)
+            rate = (done - first) * cfg.batch_size * len(runs) / (time.perf_counter() - start)
             bar.update(len(losses))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:,.0f}")
+            bar.set_postfix(loss=f"{losses[-1].mean():.4f}", img_s=f"{rate:,.0f}")
             pending = []
         if save_now:
-            checkpoints.save(step, state, {**meta, "epoch": epoch, "step_in_epoch": done,
-                                           "loss_sum": loss_sum})
-    return state, loss_sum
+            for run, state, loss_sum in zip(runs, group.states(), loss_sums, strict=True):
+                run.checkpoints.save(step, state, {**run.meta, "epoch": epoch,
+                                                   "step_in_epoch": done,
+                                                   "loss_sum": float(loss_sum)})
+    return loss_sums
 
 
 def _new_meta(cfg: Config) -> dict:
@@ -308,12 +457,11 @@ def _new_meta(cfg: Config) -> dict:
             "config": cfg.to_dict()}
 
 
-def _resume(trainer: Trainer, checkpoints: Checkpoints, workdir: Path,
+def _resume(trainer: Trainer, cfg: Config, checkpoints: Checkpoints, workdir: Path,
             log: Callable[[str], None]) -> tuple[State, dict]:
     """The run's state and meta from ``latest`` (a new run's when there is none), with
     ``best`` checked to belong to it and to be readable (re-saved from ``latest`` or dropped
     otherwise). ``ValueError`` when the checkpoint was trained with another config."""
-    cfg = trainer.cfg
     saved = workdir / "config.json"
     try:
         written = Config.read(saved) if saved.exists() else None
@@ -336,7 +484,8 @@ def _resume(trainer: Trainer, checkpoints: Checkpoints, workdir: Path,
         if (workdir / "metrics.jsonl").exists() and report.read_metrics(workdir):
             log(f"{workdir / 'checkpoints' / 'latest'} holds no checkpoint: starting the run "
                 f"over (its metrics.jsonl is rewritten)")
-        return trainer.initial_state, _new_meta(cfg)
+        state = trainer.initial_state if cfg.seed == trainer.cfg.seed else trainer.init(cfg.seed)
+        return state, _new_meta(cfg)
     state, meta = restored
     meta = {"best_step": None, "run_id": None, **meta, "config": cfg.to_dict()}
     _check_best(trainer, checkpoints, state, meta)
@@ -373,14 +522,25 @@ def _check_best(trainer: Trainer, checkpoints: Checkpoints, state: State, meta: 
         meta["best_val_acc"] = meta["best_step"] = None
 
 
-def _row(cfg: Config, trainer: Trainer, **values: Any) -> dict[str, Any]:
-    return {**values, **{name: getattr(cfg, name) for name in ROW_CONFIG},
-            "devices": trainer.mesh.size}
-
-
 def _title(cfg: Config, history: list[dict]) -> str:
     lrs = list(dict.fromkeys(row.get("lr", cfg.lr) for row in history)) or [cfg.lr]
     return f"{cfg.model}, {cfg.recipe} recipe, lr {', '.join(f'{lr:g}' for lr in lrs)}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-19"``, ``"0,3,7"`` or ``"0-4,9"`` as a list of distinct seeds, in order."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            span = range(int(low), int(high) + 1) if dash else [int(low)]
+        except ValueError:
+            span = []
+        if not span:
+            raise ValueError(f"{setting('seeds')} takes seeds such as 0-19, 0,3,7 or 0-4,9; "
+                             f"got {text!r}")
+        seeds += [s for s in span if s not in seeds]
+    return seeds
 
 
 def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
@@ -397,107 +557,196 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     holds the lock (Orbax coordinates the checkpoints). Returns the metric history, one dict
     per epoch.
     """
-    workdir = Path(workdir)
+    runs = _train(cfg, Path(workdir), None, force_new=force_new, progress=progress, log=log,
+                  mode="interleave")
+    return runs[0].history
+
+
+def fit_seeds(cfg: Config, workdir: str | Path, seeds: list[int], *, force_new: bool = False,
+              progress: bool | None = None, log: Callable[[str], None] = print,
+              mode: str | None = None) -> SeedRuns:
+    """Train ``cfg`` once per seed of ``seeds``, each run exactly as ``fit`` with that seed
+    would train it (initialisation, data order, dropout and augmentation keys), in
+    ``WORKDIR/seed-N/``: a normal workdir each, for ``jaxcnn eval``, ``load_model`` and
+    resume. ``WORKDIR/summary.json`` holds per epoch the mean, sd, min, median and max over the
+    seeds of the losses and accuracies, ``WORKDIR/curves.png`` the mean curves with a min-max
+    band. ``mode`` (``SEED_MODES``; default ``default_seed_mode()``): ``vmap`` trains the seeds
+    in one vmapped step, ``interleave`` steps them in turn, ``sequential`` trains one seed after
+    another. Several seeds train on one device (``cfg.devices`` 1 or None). Killed and run
+    again, every seed resumes where it stopped."""
+    mode = default_seed_mode() if mode is None else mode
+    if mode not in SEED_MODES:
+        raise ValueError(f"mode must be one of {', '.join(SEED_MODES)}; got {mode!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{setting('seeds')} must list distinct seeds; got {seeds!r}")
+    for seed in seeds:                                 # Config's rule, before any work
+        dataclasses.replace(cfg, seed=seed)
+    if cfg.devices not in (None, 1):
+        raise ValueError(f"several seeds train on one device; {setting('devices')} "
+                         f"{cfg.devices} with {setting('seeds')} is not supported")
+    runs = _train(cfg, Path(workdir), list(seeds), force_new=force_new, progress=progress,
+                  log=log, mode=mode)
+    return SeedRuns({run.cfg.seed: run.history for run in runs},
+                    report.seed_summary([run.history for run in runs]))
+
+
+SEEDS_FILE = "seeds.json"     # a multi-seed workdir's seeds and base config
+
+
+def _train(cfg: Config, workdir: Path, seeds: list[int] | None, *, force_new: bool,
+           progress: bool | None, log: Callable[[str], None], mode: str) -> list[Run]:
+    """The one training loop, for ``fit`` (``seeds`` None: one run in ``workdir``) and
+    ``fit_seeds`` (a run per seed in ``workdir/seed-N``)."""
     main = jax.process_index() == 0
     log = log if main else (lambda message: None)
     # The data, the model and the memory check first: their errors come before any writing.
     parts = splits(cfg)
-    train_images, train_labels = parts.train
-    steps_per_epoch = data.num_batches(len(train_images), cfg.batch_size, train=True)
-    trainer = Trainer(cfg, steps_per_epoch)
-    _check_memory(trainer, cfg.batch_size)
-    workdir_rules.create(workdir)
-    with workdir_rules.WorkdirLock(workdir) if main else contextlib.nullcontext():
+    steps_per_epoch = data.num_batches(len(parts.train[0]), cfg.batch_size, train=True)
+    trainer = Trainer(cfg, steps_per_epoch, None if seeds is None else parallel.make_mesh(1))
+    _check_memory(trainer, cfg.batch_size * (len(seeds) if seeds and mode == "vmap" else 1))
+    configs = ([(cfg, workdir)] if seeds is None else
+               [(dataclasses.replace(cfg, seed=s), workdir / f"seed-{s}") for s in seeds])
+    folders = ([] if seeds is None else [workdir]) + [folder for _, folder in configs]
+    for folder in folders:
+        workdir_rules.create(folder)
+    with contextlib.ExitStack() as stack:
         if main:
-            if force_new:
-                workdir_rules.start_over(workdir)
-            workdir_rules.remove_partial_writes(workdir)
+            for folder in folders:
+                stack.enter_context(workdir_rules.WorkdirLock(folder))
+                if force_new:
+                    workdir_rules.start_over(folder)
+                workdir_rules.remove_partial_writes(folder)
+            if seeds is not None:
+                report.write_json(workdir / SEEDS_FILE, {"seeds": seeds,
+                                                         "config": cfg.to_dict()})
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("jaxcnn: workdir prepared")
-        checkpoints = Checkpoints(workdir / "checkpoints")
+        runs = []
+        for run_cfg, folder in configs:
+            checkpoints = stack.enter_context(contextlib.closing(
+                Checkpoints(folder / "checkpoints")))
+            runs.append(Run(run_cfg, folder, checkpoints,
+                            *_resume(trainer, run_cfg, checkpoints, folder, log),
+                            name="" if seeds is None else f"seed {run_cfg.seed}"))
         try:
-            return _fit(trainer, checkpoints, parts, workdir, steps_per_epoch, main, log,
-                        main and (sys.stderr.isatty() if progress is None else progress))
+            _train_runs(trainer, runs, parts, steps_per_epoch, None if seeds is None else workdir,
+                        mode, log, main and (sys.stderr.isatty() if progress is None
+                                             else progress))
         except jax.errors.JaxRuntimeError as error:
             if _is_out_of_memory(error):
                 raise OutOfMemoryError(_memory_message(
                     cfg, f"more memory than there is ({str(error).splitlines()[0][:200]})",
                     _device_memory(trainer.mesh.devices.flat[0]))) from error
             raise
-        finally:
-            checkpoints.close()
+    return runs
 
 
-def _fit(trainer: Trainer, checkpoints: Checkpoints, parts: Splits, workdir: Path,
-         steps_per_epoch: int, main: bool, log: Callable[[str], None],
-         progress: bool) -> list[dict]:
-    cfg = trainer.cfg
-    state, meta = _resume(trainer, checkpoints, workdir, log)
-    if meta["epoch"] >= cfg.epochs:
-        extend = (f"a larger {setting('epochs')} extends it, " if cfg.schedule == "constant"
-                  else "")
-        log(f"{workdir} holds this run, finished at epoch {meta['epoch']}: nothing to train "
-            f"({extend}{switch('force_new')} starts over)")
-        return list(meta["history"])
-    if meta["history"] or meta["step_in_epoch"]:
-        log(f"resuming {workdir} at epoch {meta['epoch'] + 1}, step "
-            f"{meta['epoch'] * steps_per_epoch + meta['step_in_epoch']}")
-    history = list(meta["history"])
-    if main:
-        report.write_json(workdir / "config.json", cfg.to_dict())
-        report.write_metrics(workdir, history)
+def _train_runs(trainer: Trainer, runs: list[Run], parts: Splits, steps_per_epoch: int,
+                group_dir: Path | None, mode: str, log: Callable[[str], None],
+                progress: bool) -> None:
+    """Train every unfinished run to ``cfg.epochs``: in groups of the runs that stand at the
+    same position (one run a group with ``mode`` sequential)."""
+    cfg, main = trainer.cfg, jax.process_index() == 0
+    for run in runs:
+        if run.meta["epoch"] >= cfg.epochs:
+            extend = (f"a larger {setting('epochs')} extends it, " if cfg.schedule == "constant"
+                      else "")
+            log(f"{run.workdir} holds this run, finished at epoch {run.meta['epoch']}: nothing "
+                f"to train ({extend}{switch('force_new')} starts over)")
+        elif run.meta["history"] or run.meta["step_in_epoch"]:
+            log(f"resuming {run.workdir} at epoch {run.meta['epoch'] + 1}, step "
+                f"{run.meta['epoch'] * steps_per_epoch + run.meta['step_in_epoch']}")
+    pending = [run for run in runs if run.meta["epoch"] < cfg.epochs]
+    groups = ([[run] for run in pending] if mode == "sequential" else
+              [[run for run in pending if run.position == position]
+               for position in sorted({run.position for run in pending})])
+    for members in groups:
+        if main:
+            for run in members:
+                report.write_json(run.workdir / "config.json", run.cfg.to_dict())
+                report.write_metrics(run.workdir, run.history)
+        group = trainer.group([run.state for run in members],
+                              "vmap" if mode == "vmap" and len(members) > 1 else "interleave")
+        for run in members:
+            run.state = None               # the group holds (and its steps donate) the states
+        _train_group(trainer, group, members, runs, parts, steps_per_epoch, group_dir, log,
+                     progress)
+
+
+def _train_group(trainer: Trainer, group: SeedGroup, members: list[Run], runs: list[Run],
+                 parts: Splits, steps_per_epoch: int, group_dir: Path | None,
+                 log: Callable[[str], None], progress: bool) -> None:
+    """``members`` (one position) trained to the last epoch in ``group``; each epoch ends with
+    evaluation, metrics, curves and checkpoints per run (and the seeds' summary)."""
+    cfg, main = trainer.cfg, jax.process_index() == 0
     (train_images, train_labels), val, test = parts
-    for epoch in range(meta["epoch"], cfg.epochs):
-        resume_here = epoch == meta["epoch"]
-        first = meta["step_in_epoch"] if resume_here else 0
+    for epoch in range(members[0].meta["epoch"], cfg.epochs):
+        first = members[0].meta["step_in_epoch"]
         start = time.perf_counter()
-        batches = data.batches(train_images, train_labels, cfg.batch_size, seed=cfg.seed,
-                               epoch=epoch, train=True)
         with _progress(steps_per_epoch, first, f"epoch {epoch + 1}/{cfg.epochs}",
                        progress) as bar:
-            state, loss_sum = _train_epoch(
-                trainer, state, batches, epoch=epoch, first=first,
-                loss_sum=meta["loss_sum"] if resume_here else 0.0,
-                steps_per_epoch=steps_per_epoch, bar=bar, checkpoints=checkpoints,
-                meta={**meta, "history": history})
-        train_seconds = time.perf_counter() - start
-        validation = trainer.evaluate(state, *(val or test))
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,
-               "val_loss": validation.loss, "val_acc": validation.acc}
-        if cfg.label_smoothing:
-            row["val_loss_smoothed"] = validation.smoothed_loss
-        if val is not None:
-            tested = trainer.evaluate(state, *test)
-            row.update(test_loss=tested.loss, test_acc=tested.acc)
-        row = _row(cfg, trainer, **row,
-                   images_per_s=(steps_per_epoch - first) * cfg.batch_size / train_seconds,
-                   seconds=time.perf_counter() - start)
-        history.append(row)
-        best = meta["best_val_acc"] is None or validation.acc > meta["best_val_acc"]
+            loss_sums = _train_epoch(trainer, group, members, epoch, steps_per_epoch,
+                                     train_images, train_labels, bar)
+        rate = (steps_per_epoch - first) * cfg.batch_size / (time.perf_counter() - start)
+        validations = group.evaluate(*(val or test))
+        tests = group.evaluate(*test) if val is not None else [None] * len(members)
         step = (epoch + 1) * steps_per_epoch
-        meta = {**meta, "epoch": epoch + 1, "step_in_epoch": 0, "loss_sum": 0.0,
-                "history": history}
-        if best:
-            meta.update(best_val_acc=validation.acc, best_step=step)
-        checkpoints.save(step, state, meta, best=best)
-        if main:
-            report.write_metrics(workdir, history)
-            report.plot_curves(workdir / "curves.png", history, _title(cfg, history))
-        tested = (f"  test_acc {row['test_acc']:.4f}" if "test_acc" in row else "")
-        log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
-            f"val_loss {validation.loss:.4f}  val_acc {validation.acc:.4f}{tested}  "
-            f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f} s")
-    return history
+        for run, state, loss_sum, validation, tested in zip(
+                members, group.states(), loss_sums, validations, tests, strict=True):
+            row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / steps_per_epoch,
+                   "val_loss": validation.loss, "val_acc": validation.acc}
+            if cfg.label_smoothing:
+                row["val_loss_smoothed"] = validation.smoothed_loss
+            if tested is not None:
+                row.update(test_loss=tested.loss, test_acc=tested.acc)
+            row.update(images_per_s=rate, seconds=time.perf_counter() - start,
+                       **{name: getattr(cfg, name) for name in ROW_CONFIG},
+                       devices=trainer.mesh.size)
+            history = [*run.history, row]
+            best = run.meta["best_val_acc"] is None or validation.acc > run.meta["best_val_acc"]
+            run.meta = {**run.meta, "epoch": epoch + 1, "step_in_epoch": 0, "loss_sum": 0.0,
+                        "history": history}
+            if best:
+                run.meta.update(best_val_acc=validation.acc, best_step=step)
+            run.checkpoints.save(step, state, run.meta, best=best)
+            if main:
+                report.write_metrics(run.workdir, history)
+                report.plot_curves(run.workdir / "curves.png", history, _title(run.cfg, history))
+            if group_dir is None:
+                tested_text = f"  test_acc {row['test_acc']:.4f}" if tested else ""
+                log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
+                    f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}"
+                    f"{tested_text}  {rate:,.0f} img/s  {row['seconds']:.1f} s")
+        if group_dir is not None:
+            summary = report.seed_summary([run.history for run in runs])
+            if main:
+                report.write_json(group_dir / "summary.json", summary)
+                report.plot_seed_curves(group_dir / "curves.png", summary,
+                                        _title(cfg, members[0].history) + ", seeds")
+            accs = [run.history[-1]["val_acc"] for run in members]
+            log(f"epoch {epoch + 1}/{cfg.epochs}  seeds {_seed_list(members)}: val_acc median "
+                f"{statistics.median(accs):.4f} (min {min(accs):.4f}, max {max(accs):.4f})  "
+                f"{rate * len(members):,.0f} img/s  {time.perf_counter() - start:.1f} s")
+    for run, state in zip(members, group.states(), strict=True):
+        run.state = state
 
 
-def _divergence_message(value: float, step: int, cfg: Config, checkpoints: Checkpoints) -> str:
-    steps = checkpoints.steps("latest")
+def _seed_list(runs: list[Run]) -> str:
+    seeds = [run.cfg.seed for run in runs]
+    consecutive = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive else ",".join(map(str, seeds))
+
+
+def _divergence_message(value: float, step: int, run: Run) -> str:
+    steps = run.checkpoints.steps("latest")
     where = (f"the last good checkpoint is step {steps[-1]} in "
-             f"{checkpoints.directory / 'latest'}" if steps
+             f"{run.checkpoints.directory / 'latest'}" if steps
              else "no checkpoint was saved before it")
-    return (f"training diverged: the loss became {value:.4g} at step {step} (non-finite or above "
-            f"max_loss {cfg.max_loss:g}); {where}. Run it again with a lower {setting('lr')} "
-            f"(now {cfg.lr:g}): it resumes from there ({switch('force_new')} starts over)")
+    prefix = f"{run.name}: " if run.name else ""
+    return (f"{prefix}training diverged: the loss became {value:.4g} at step {step} "
+            f"(non-finite or above max_loss {run.cfg.max_loss:g}); {where}. Run it again with a "
+            f"lower {setting('lr')} (now {run.cfg.lr:g}): it resumes from there "
+            f"({switch('force_new')} starts over)")
 
 
 def _restore_workdir(workdir: str | Path, which: str) -> tuple[Trainer, State, dict]:

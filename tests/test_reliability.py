@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
 import os
 import random
 import shutil
@@ -20,15 +22,20 @@ from jaxcnn import cli, data, report, train
 from jaxcnn.checkpoints import Checkpoints, abstract
 from jaxcnn.config import Config
 
-# Two epochs of LeNet at batch 256 (234 steps an epoch), a checkpoint every 40 steps.
-KILL_ARGS = ["train", "lenet", "--epochs", "2", "--batch-size", "256", "--checkpoint-every", "40"]
-KILL_CONFIG = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=40)
+# Two epochs of LeNet at batch 256 on half the training images (117 steps an epoch), a
+# checkpoint every 20 steps; as one run, and as a group of two seeds.
+KILL_ARGS = ["train", "lenet", "--epochs", "2", "--batch-size", "256", "--checkpoint-every", "20",
+             "--train-examples", "30000", "--test-examples", "5000"]
+KILL_CONFIG = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=20,
+                     train_examples=30_000, test_examples=5_000)
 COMPARED = ("epoch", "train_loss", "val_loss", "val_acc")
+GROUP = ["--seeds", "0,1"]
 
 
-def start(workdir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jaxcnn", *KILL_ARGS, "--workdir", str(workdir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(workdir: Path, extra: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jaxcnn", *KILL_ARGS, *extra, "--workdir",
+                             str(workdir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0, poll: float = 0.01):
@@ -44,61 +51,72 @@ def kill(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def saving(workdir: Path) -> bool:
+def saving(runs: list[Path]) -> bool:
     """An Orbax save in progress: a temporary checkpoint directory exists."""
-    return any("tmp" in p.name for sub in ("latest", "best")
-               for p in (workdir / "checkpoints" / sub).glob("*"))
+    return any("tmp" in p.name for run in runs for sub in ("latest", "best")
+               for p in (run / "checkpoints" / sub).glob("*"))
 
 
-def has_checkpoint(workdir: Path) -> bool:
-    return any(p.name.isdigit() for p in (workdir / "checkpoints" / "latest").glob("*"))
+def has_checkpoint(runs: list[Path]) -> bool:
+    return any(p.name.isdigit() for run in runs
+               for p in (run / "checkpoints" / "latest").glob("*"))
 
 
-def final_state(workdir: Path):
-    trainer = train.Trainer(KILL_CONFIG, data.num_batches(60_000, 256, train=True))
-    checkpoints = Checkpoints(workdir / "checkpoints")
+def final_state(workdir: Path, seed: int):
+    cfg = dataclasses.replace(KILL_CONFIG, seed=seed)
+    trainer = train.Trainer(cfg, data.num_batches(30_000, 256, train=True))
+    checkpoints = Checkpoints(workdir / "checkpoints", writable=False)
     try:
         return checkpoints.restore(abstract(trainer.initial_state))
     finally:
         checkpoints.close()
 
 
-def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path):
-    reference = subprocess.run([sys.executable, "-m", "jaxcnn", *KILL_ARGS, "--workdir",
+@pytest.mark.parametrize("extra", [[], GROUP], ids=["one-seed", "two-seeds"])
+def test_kill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path, extra):
+    reference = subprocess.run([sys.executable, "-m", "jaxcnn", *KILL_ARGS, *extra, "--workdir",
                                 str(tmp_path / "reference")], capture_output=True, text=True)
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
+    folders = ["seed-0", "seed-1"] if extra else ["."]
     workdir = tmp_path / "killed"
+    runs = [workdir / f for f in folders]
     rng = random.Random(20261128)
     # 1: somewhere in the first epoch after a checkpoint exists.
-    process = start(workdir)
-    wait_for(lambda: has_checkpoint(workdir), process)
-    time.sleep(rng.uniform(0.0, 1.5))
+    process = start(workdir, extra)
+    wait_for(lambda: has_checkpoint(runs), process)
+    time.sleep(rng.uniform(0.0, 0.5))
     kill(process)
     # 2: inside a checkpoint save (Orbax's temporary directory is on disk).
-    process = start(workdir)
-    wait_for(lambda: saving(workdir), process, poll=0.0005)
+    process = start(workdir, extra)
+    wait_for(lambda: saving(runs), process, poll=0.0005)
     kill(process)
     # 3: once the first epoch's metrics are written (second epoch, its evaluation or a save).
-    process = start(workdir)
-    wait_for(lambda: (workdir / "metrics.jsonl").exists()
-             and len(report.read_metrics(workdir)) >= 1, process)
-    time.sleep(rng.uniform(0.0, 3.0))
+    process = start(workdir, extra)
+    wait_for(lambda: all((run / "metrics.jsonl").exists() and len(report.read_metrics(run)) >= 1
+                         for run in runs), process)
+    time.sleep(rng.uniform(0.0, 1.0))
     kill(process)
     # Resume to the end.
-    process = start(workdir)
+    process = start(workdir, extra)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert "resuming" in output
 
-    want = [{k: r[k] for k in COMPARED} for r in report.read_metrics(tmp_path / "reference")]
-    got = [{k: r[k] for k in COMPARED} for r in report.read_metrics(workdir)]
-    assert got == want
-    (state_a, meta_a), (state_b, meta_b) = final_state(tmp_path / "reference"), final_state(workdir)
-    assert int(state_a["step"]) == int(state_b["step"]) == 2 * 234
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # bitwise
-    assert meta_a["digest"] == meta_b["digest"]
+    for folder, seed in zip(folders, (0, 1), strict=False):
+        want = [{k: r[k] for k in COMPARED}
+                for r in report.read_metrics(tmp_path / "reference" / folder)]
+        got = [{k: r[k] for k in COMPARED} for r in report.read_metrics(workdir / folder)]
+        assert got == want
+        (state_a, meta_a), (state_b, meta_b) = (final_state(tmp_path / "reference" / folder, seed),
+                                                final_state(workdir / folder, seed))
+        assert int(state_a["step"]) == int(state_b["step"]) == 2 * 117
+        for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # bitwise
+        assert meta_a["digest"] == meta_b["digest"]
+    if extra:
+        assert (json.loads((workdir / "summary.json").read_text())
+                == json.loads((tmp_path / "reference" / "summary.json").read_text()))
 
 
 def corrupt_arrays(step_dir: Path) -> None:

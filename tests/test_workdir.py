@@ -4,6 +4,7 @@ config tied to them, one run at a time, a validation split that picks the best c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -57,8 +58,9 @@ def test_a_damaged_latest_checkpoint_is_replaced_by_the_retrained_one(tmp_path, 
             with open(path, "r+b") as f:
                 f.truncate(10)
     code, out, err = run(tmp_path, capsys, "--epochs", "2")
-    assert code == 0 and "params." in err and "is damaged" in err
-    assert str(tmp_path / "checkpoints" / "latest" / "8" / "state") in err
+    damaged = str(tmp_path / "checkpoints" / "latest" / "8" / "state")
+    assert code == 0 and re.search(rf"\w+ in {re.escape(damaged)}\S* is damaged", err), err
+    assert "Traceback" not in err
     assert "resuming" in out and "epoch 2" in out
     assert steps(tmp_path) == ["4", "8"]
     assert [r["val_acc"] for r in report.read_metrics(tmp_path)] == \
