@@ -95,9 +95,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("note: bfloat16 compute is for GPUs; on a 2-core x86 CPU it ran at 0.76x "
                   "(LeNet) and 1.03x (ResNet-18) float32's speed (experiments/RESULTS.md)",
                   file=sys.stderr)
+    on_epoch = None
+    if args.tensorboard:
+        from jaxcnn import tensorboard
+
+        tensorboard.check_installed()
+        on_epoch = tensorboard.log_tensorboard
     if seeds is not None:
         runs = train.fit_seeds(cfg, workdir, seeds, force_new=args.force_new,
-                               mode=args.seeds_mode)
+                               mode=args.seeds_mode, on_epoch=on_epoch)
+        _finish(workdir, args, None)
         final = runs.summary[-1]["val_acc"] if runs.summary else None
         if final and main:
             print(f"final val_acc over {len(seeds)} seeds: median {final['median']:.4f}, mean "
@@ -105,13 +112,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{final['max']:.4f}; each seed's run in {workdir}/seed-N, the summary in "
                   f"{workdir}/summary.json")
         return 0
-    history = train.fit(cfg, workdir, force_new=args.force_new)
+    history = train.fit(cfg, workdir, force_new=args.force_new, on_epoch=on_epoch)
+    _finish(workdir, args, history)
     if history and main:
         tested = (f", test_acc {history[-1]['test_acc']:.4f}" if "test_acc" in history[-1]
                   else "")
         print(f"final val_acc {history[-1]['val_acc']:.4f}{tested}; metrics, curves and "
               f"checkpoints in {workdir}")
     return 0
+
+
+def _finish(workdir: str, args: argparse.Namespace, history: list[dict] | None) -> None:
+    """The end of ``jaxcnn train`` on process 0: the run report (unless ``--no-report``, or
+    ``JAXCNN_REPORT=0``), and the confusion matrix into TensorBoard with ``--tensorboard``."""
+    import os
+
+    import jax
+
+    if jax.process_index() != 0 or not args.report or os.environ.get("JAXCNN_REPORT") == "0":
+        return
+    from jaxcnn import diagnose
+
+    page = diagnose.write_report(workdir, "best", data_dir=args.data_dir)
+    print(f"report: {page}")
+    if args.tensorboard and history:
+        from jaxcnn import tensorboard
+
+        tensorboard.log_tensorboard(workdir, history)     # now with the confusion matrix
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -175,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hold out N training images to validate and choose the best "
                             "checkpoint (default: book recipes 0, the test set validating as "
                             "in the book; improved recipes 5000)")
+    train.add_argument("--no-report", dest="report", action="store_false",
+                       help="skip the run report (WORKDIR/report/, as jaxcnn report writes) at "
+                            "the end; JAXCNN_REPORT=0 skips it too")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="write TensorBoard events into WORKDIR/tensorboard/ (needs pip "
+                            "install 'jaxcnn[tensorboard]')")
     train.add_argument("--force-new", action="store_true",
                        help="discard the workdir's checkpoints and metrics and start over")
     train.add_argument("--devices", type=int, metavar="N",
@@ -241,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxcnn {args.command}: interrupted; run the same command to resume",
               file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, DivergenceError) as error:
+    except (ValueError, TypeError, OSError, ImportError, DivergenceError) as error:
         if args.debug:
             traceback.print_exc()
         print(f"jaxcnn {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)

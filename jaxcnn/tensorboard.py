@@ -33,6 +33,11 @@ def _writer():
     return event_pb2, summary_pb2, masked_crc32c
 
 
+def check_installed() -> None:
+    """``ImportError`` saying how to install the writer, before a run that will need it."""
+    _writer()
+
+
 def _record(data: bytes, masked_crc32c) -> bytes:
     """One TFRecord: length, its masked CRC-32C, the data, its masked CRC-32C."""
     header = struct.pack("<Q", len(data))

@@ -543,8 +543,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+EpochHook = Callable[[Path, list[dict]], None]     # (a run's workdir, its history so far)
+
+
 def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
-        progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
+        progress: bool | None = None, log: Callable[[str], None] = print,
+        on_epoch: EpochHook | None = None) -> list[dict]:
     """Train ``cfg`` on Fashion-MNIST, validating after each epoch on ``cfg.val_examples``
     held-out training images (and reporting the test set), or on all test images when there
     is no held-out split (the book's practice); the best checkpoint is chosen on validation.
@@ -554,17 +558,18 @@ def fit(cfg: Config, workdir: str | Path, *, force_new: bool = False,
     holds one of the same config. One run at a time: a workdir in use by a live run raises
     ``workdir.WorkdirBusyError``. ``progress`` (default: stderr is a terminal) shows a bar.
     In a multi-process run every process calls ``fit``; only process 0 logs, writes files and
-    holds the lock (Orbax coordinates the checkpoints). Returns the metric history, one dict
-    per epoch.
+    holds the lock (Orbax coordinates the checkpoints). ``on_epoch(workdir, history)`` runs
+    there after each epoch's files are written (e.g. ``tensorboard.log_tensorboard``). Returns
+    the metric history, one dict per epoch.
     """
     runs = _train(cfg, Path(workdir), None, force_new=force_new, progress=progress, log=log,
-                  mode="interleave")
+                  mode="interleave", on_epoch=on_epoch)
     return runs[0].history
 
 
 def fit_seeds(cfg: Config, workdir: str | Path, seeds: list[int], *, force_new: bool = False,
               progress: bool | None = None, log: Callable[[str], None] = print,
-              mode: str | None = None) -> SeedRuns:
+              mode: str | None = None, on_epoch: EpochHook | None = None) -> SeedRuns:
     """Train ``cfg`` once per seed of ``seeds``, each run exactly as ``fit`` with that seed
     would train it (initialisation, data order, dropout and augmentation keys), in
     ``WORKDIR/seed-N/``: a normal workdir each, for ``jaxcnn eval``, ``load_model`` and
@@ -585,7 +590,7 @@ def fit_seeds(cfg: Config, workdir: str | Path, seeds: list[int], *, force_new: 
         raise ValueError(f"several seeds train on one device; {setting('devices')} "
                          f"{cfg.devices} with {setting('seeds')} is not supported")
     runs = _train(cfg, Path(workdir), list(seeds), force_new=force_new, progress=progress,
-                  log=log, mode=mode)
+                  log=log, mode=mode, on_epoch=on_epoch)
     return SeedRuns({run.cfg.seed: run.history for run in runs},
                     report.seed_summary([run.history for run in runs]))
 
@@ -594,7 +599,8 @@ SEEDS_FILE = "seeds.json"     # a multi-seed workdir's seeds and base config
 
 
 def _train(cfg: Config, workdir: Path, seeds: list[int] | None, *, force_new: bool,
-           progress: bool | None, log: Callable[[str], None], mode: str) -> list[Run]:
+           progress: bool | None, log: Callable[[str], None], mode: str,
+           on_epoch: EpochHook | None) -> list[Run]:
     """The one training loop, for ``fit`` (``seeds`` None: one run in ``workdir``) and
     ``fit_seeds`` (a run per seed in ``workdir/seed-N``)."""
     main = jax.process_index() == 0
@@ -631,7 +637,7 @@ def _train(cfg: Config, workdir: Path, seeds: list[int] | None, *, force_new: bo
         try:
             _train_runs(trainer, runs, parts, steps_per_epoch, None if seeds is None else workdir,
                         mode, log, main and (sys.stderr.isatty() if progress is None
-                                             else progress))
+                                             else progress), on_epoch)
         except jax.errors.JaxRuntimeError as error:
             if _is_out_of_memory(error):
                 raise OutOfMemoryError(_memory_message(
@@ -643,7 +649,7 @@ def _train(cfg: Config, workdir: Path, seeds: list[int] | None, *, force_new: bo
 
 def _train_runs(trainer: Trainer, runs: list[Run], parts: Splits, steps_per_epoch: int,
                 group_dir: Path | None, mode: str, log: Callable[[str], None],
-                progress: bool) -> None:
+                progress: bool, on_epoch: EpochHook | None) -> None:
     """Train every unfinished run to ``cfg.epochs``: in groups of the runs that stand at the
     same position (one run a group with ``mode`` sequential)."""
     cfg, main = trainer.cfg, jax.process_index() == 0
@@ -670,12 +676,13 @@ def _train_runs(trainer: Trainer, runs: list[Run], parts: Splits, steps_per_epoc
         for run in members:
             run.state = None               # the group holds (and its steps donate) the states
         _train_group(trainer, group, members, runs, parts, steps_per_epoch, group_dir, log,
-                     progress)
+                     progress, on_epoch)
 
 
 def _train_group(trainer: Trainer, group: SeedGroup, members: list[Run], runs: list[Run],
                  parts: Splits, steps_per_epoch: int, group_dir: Path | None,
-                 log: Callable[[str], None], progress: bool) -> None:
+                 log: Callable[[str], None], progress: bool,
+                 on_epoch: EpochHook | None) -> None:
     """``members`` (one position) trained to the last epoch in ``group``; each epoch ends with
     evaluation, metrics, curves and checkpoints per run (and the seeds' summary)."""
     cfg, main = trainer.cfg, jax.process_index() == 0
@@ -712,6 +719,8 @@ def _train_group(trainer: Trainer, group: SeedGroup, members: list[Run], runs: l
             if main:
                 report.write_metrics(run.workdir, history)
                 report.plot_curves(run.workdir / "curves.png", history, _title(run.cfg, history))
+                if on_epoch is not None:
+                    on_epoch(run.workdir, history)
             if group_dir is None:
                 tested_text = f"  test_acc {row['test_acc']:.4f}" if tested else ""
                 log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "

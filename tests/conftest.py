@@ -5,6 +5,9 @@
   several Trainers, a run and its resumption, a CLI subprocess and its library twin), and XLA
   compiles each program once. Every compile is kept (minimum compile time 0). Removed at the
   end of the session.
+* ``JAXCNN_REPORT=0``: ``jaxcnn train`` skips its end-of-run report (3-5 s a run on these CPUs,
+  and the suite trains through the CLI dozens of times); the report has its own tests, and
+  test_train checks that ``jaxcnn train`` writes it.
 * Two runs of one config on an H200 (jax 0.11.2) differed in the 7th digit of the first epoch's
   mean loss. ``--xla_gpu_deterministic_ops`` turns off XLA's GPU kernel autotuning and atomic
   reductions, the known sources of that, so that GPU runs repeat bit for bit as CPU runs do and
@@ -25,6 +28,7 @@ if _OWN_CACHE:
     os.environ["JAXCNN_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jaxcnn-xla-cache-")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXCNN_TEST_COMPILATION_CACHE"]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAXCNN_REPORT"] = "0"
 
 
 def pytest_sessionfinish(session, exitstatus):

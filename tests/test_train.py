@@ -329,3 +329,21 @@ def test_cli_notes_that_bfloat16_is_for_gpus(tmp_path, capsys):
                      "--workdir", str(tmp_path)]) == 0
     noted = "bfloat16 compute is for GPUs" in capsys.readouterr().err
     assert noted == (jax.default_backend() == "cpu")
+
+
+def test_cli_train_writes_the_report_and_tensorboard_events(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAXCNN_REPORT")
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "lenet", "--epochs", "2", "--train-examples", "256",
+                     "--test-examples", "256", "--checkpoint-every", "0", "--tensorboard",
+                     "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {workdir / 'report' / 'index.html'}" in out
+    page = (workdir / "report" / "index.html").read_text()
+    assert f"{report.read_metrics(workdir)[-1]['val_acc']:.4f}" in page
+    events = list((workdir / "tensorboard").glob("*tfevents*"))
+    assert len(events) == 1 and events[0].stat().st_size > 1000
+    assert cli.main(["train", "lenet", "--epochs", "2", "--train-examples", "256",
+                     "--test-examples", "256", "--checkpoint-every", "0", "--no-report",
+                     "--workdir", str(tmp_path / "quiet")]) == 0
+    assert not (tmp_path / "quiet" / "report").exists()
