@@ -97,8 +97,9 @@ class Config:
         _non_negative_int("checkpoint_every", self.checkpoint_every)
         _non_negative_int("val_examples", self.val_examples)
         _non_negative_int("seed", self.seed)
-        if self.seed >= 2**63:                      # jax.random.key takes a C long
-            raise ValueError(f"{setting('seed')} must be below 2**63, got {self.seed!r}")
+        if self.seed >= 2**32:     # jax.random.key keeps the low 32 bits: 2**32 is seed 0
+            raise ValueError(f"{setting('seed')} must be below 2**32 (jax.random.key keeps a "
+                             f"seed's low 32 bits), got {self.seed!r}")
         for name in ("devices", "train_examples", "test_examples"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

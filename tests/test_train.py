@@ -157,7 +157,7 @@ def test_config_rejects_bad_values():
                         "Fashion-MNIST needs num_classes 10; model_overrides has 5"),
                        (dict(model_overrides={"image_size": 32}),
                         "image_size is a field of the config; set it there"),
-                       (dict(seed=2**63), "seed must be below 2\\*\\*63")]:
+                       (dict(seed=2**32), "seed must be below 2\\*\\*32")]:
         with pytest.raises(ValueError, match=match):
             Config(**bad)
 
