@@ -82,13 +82,12 @@ POOLS: dict[tuple[str, str], list] = {
     ("bench", "--repeats"): ok("1") + bad("0", "-2", *NOT_INTS),
     ("bench", "--image-size"): ok("16") + bad("0", "-1", "8", *NOT_INTS),
     ("bench", "--dtype"): ok("float32", "bfloat16") + bad("", "float16"),
-    ("bench", "--json"): ok(FLAG, "out.json") + bad("a_file/x.json", "empty_dir",
+    ("bench", "--json"): ok(FLAG, "out.json") + bad("", "a_file/x.json", "empty_dir",
                                                     "/proc/jaxcnn-fuzz.json"),
 }
 # Values left out until their regression test below passes: bench --batch-size beyond the
-# training set (test_regression_bench_batch_beyond_the_training_set), bench --image-size 20000
-# (test_regression_bench_image_too_big_for_memory), bench --json '' (test_regression_bench_
-# empty_json_path).
+# training set (test_regression_bench_batch_beyond_the_training_set) and bench --image-size
+# 20000 (test_regression_bench_image_too_big_for_memory).
 PINNED = {"train": {"--epochs": "1", "--train-examples": "256", "--test-examples": "256"},
           "bench": {"--steps": "1", "--repeats": "1"}}
 POSITIONAL = {
@@ -361,9 +360,8 @@ def test_regression_bench_image_too_big_for_memory():
     assert one_line_error(result, "bench"), result.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="bench.py (not models'): --json '' is read as no --json "
-                                       "and the results are not written")
 def test_regression_bench_empty_json_path():
+    # Before: --json '' was read as no --json, and the results were not written.
     with example_dir():
         code, err, raised = run_cli(["bench", "lenet", "--steps", "1", "--repeats", "1",
                                      "--json", ""])
