@@ -6,8 +6,9 @@ SGD at the model's book learning rate, mean cross-entropy.
 
     python experiments/torch_train.py lenet --seeds 0-19      # ~25 s per seed on 2 CPU cores
 
-Needs torch (`pip install -e '.[bench]'`). Reads the same Fashion-MNIST files as jaxcnn
-(`jaxcnn.data.fashion_mnist`). Prints, per seed, the test accuracy after each epoch, counted
+Needs torch (`pip install -e '.[bench]'`). The models and the loop live in
+`jaxcnn.torch_models`; this script is their command line. Reads the same Fashion-MNIST files as
+jaxcnn (`jaxcnn.data.fashion_mnist`). Prints, per seed, the test accuracy after each epoch, counted
 over all 10,000 test images (the book plots the mean of per-batch accuracies). Seed k seeds
 torch's generator for the initialisation and the data order; it does not draw d2l's numbers.
 """
@@ -19,53 +20,10 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
-from torch.nn import functional as F
-from torch_reference import MODELS, create
 
 from jaxcnn import data, models
-
-Split = tuple[torch.Tensor, torch.Tensor]   # images float32 (N, 1, 28, 28), labels int64 (N,)
-
-
-def to_tensors(images: np.ndarray, labels: np.ndarray) -> Split:
-    """uint8 NHWC (N, 28, 28, 1) -> float32 NCHW in [0, 1] (ToTensor); labels -> int64."""
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255
-    return x, torch.from_numpy(labels.astype(np.int64))
-
-
-def epoch_batches(n: int, batch_size: int) -> tuple[torch.Tensor, ...]:
-    """One epoch's index batches, as `DataLoader(shuffle=True)`: a fresh permutation of n cut
-    into ceil(n / batch_size) batches, the last one short."""
-    return torch.randperm(n).split(batch_size)
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, split: Split, batch_size: int) -> float:
-    """Correct predictions / N over the whole split, in eval mode."""
-    x, y = split
-    model.eval()
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
-    model.train()
-    return correct / len(x)
-
-
-def fit(name: str, *, seed: int, epochs: int, batch_size: int, lr: float, train: Split,
-        test: Split) -> list[float]:
-    """Test accuracy after each epoch of the book's loop for model ``name``."""
-    model = create(name, seed=seed)                   # seeds torch's global generator
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    (x, y), history = train, []
-    for _ in range(epochs):
-        for idx in epoch_batches(len(x), batch_size):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        history.append(accuracy(model, test, batch_size))
-    return history
+from jaxcnn.torch_models import MODELS, fit, to_tensors
 
 
 def seeds(text: str) -> list[int]:

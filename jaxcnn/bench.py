@@ -8,10 +8,10 @@ call (trace, compile, one step) is timed apart; then ``repeats`` timed runs of `
 reported as the median images/s with the min-max. A repeat during which other processes used
 more than ``MAX_FOREIGN`` of the CPU (read from /proc) is run again, up to ``RETRIES`` times.
 FLOP/s counts 6 x the forward multiply-adds per image (backward ~ 2 x forward, 2 FLOPs per
-multiply-add). With ``--compare-torch`` the PyTorch side (``experiments/torch_reference.py``)
-runs in a child process that is asked for one timed repeat at a time, alternating with the JAX
-side, so the two never share the cores; the ratio is the median (min-max) of the per-pair
-ratios JAX / PyTorch.
+multiply-add). With ``--compare-torch`` the book's PyTorch models (``jaxcnn.torch_models``,
+with PyTorch's defaults or ``tuned``) run in a child process that is asked for one timed repeat
+at a time, alternating with the JAX side, so the two never share the cores; the ratio is the
+median (min-max) of the per-pair ratios JAX / PyTorch.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ MAX_AUTO_STEPS = 200
 MAX_FOREIGN = 0.05       # a repeat in which other processes used more of the CPU is run again,
 RETRIES = 2              # at most this many times
 PIPELINE_TARGET = 50.0   # the input pipeline should outrun LeNet's training this many times
-TORCH_REFERENCE = Path(__file__).resolve().parents[1] / "experiments" / "torch_reference.py"
+TORCH_MODES = ("default", "tuned")   # PyTorch's defaults, or torch_models.TUNED_SETTINGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is always float32)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="also write the results as JSON to PATH (alone: to stdout)")
-    parser.add_argument("--compare-torch", action="store_true",
-                        help="time the book's PyTorch models alternately with the JAX ones "
-                             "(needs pip install -e '.[bench]')")
+    parser.add_argument("--compare-torch", nargs="?", const="default", choices=TORCH_MODES,
+                        help="time the book's PyTorch models alternately with the JAX ones, "
+                             "with PyTorch's defaults (alone: default) or tuned (channels_last, "
+                             "bf16 autocast, cudnn.benchmark, TF32, torch.compile where they "
+                             "apply); put MODEL names before it (needs pip install -e "
+                             "'.[bench]')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     names = list(args.models or DEFAULT_MODELS)
     for name in names:
         models.spec(name)                      # unknown names fail before any work
+    if args.json not in (None, "-"):
+        check_writable(Path(args.json))
     torch_side = None
     if args.compare_torch:
         if importlib.util.find_spec("torch") is None:
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({sys.executable}) cannot import; install it with: pip install -e '.[bench]'",
                   file=sys.stderr)
             return 2
-        torch_side = TorchSide()
+        torch_side = TorchSide(tuned=args.compare_torch == "tuned")
     images, labels = data.fashion_mnist("train")
     batch = {"image": images[:args.batch_size], "label": labels[:args.batch_size],
              "mask": np.ones(args.batch_size, bool)}
@@ -98,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {row['train_images_per_s']['median']:,.1f} images/s", file=sys.stderr)
         if torch_side is not None:
             results["torch"] = torch_side.version
+            results["torch_mode"] = args.compare_torch
+            results["torch_settings"] = torch_side.settings
     finally:
         if torch_side is not None:
             torch_side.close()
@@ -109,6 +116,21 @@ def run(args: argparse.Namespace) -> int:
     elif args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def check_writable(path: Path) -> None:
+    """``ValueError`` naming ``path`` unless a file can be written there (tried by opening it
+    for appending, so that a missing folder, a directory or a read-only place is found before
+    the benchmark runs, not after); a file this creates is removed again."""
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise ValueError(f"--json {str(path)!r} cannot be written ({error.strerror or error}); "
+                         f"give a writable file path") from None
+    if not existed:
+        path.unlink()
 
 
 def environment() -> dict[str, Any]:
@@ -202,6 +224,7 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
                            "repeats": repeats}
     if torch_side is not None:
         row["torch_params"] = torch_params
+        row["torch_warmup_s"] = torch_side.warmup_s
     pids = ["self"] + ([torch_side.process.pid] if torch_side is not None else [])
     jax_rates, torch_rates, foreign = [], [], []
     for _ in range(repeats):
@@ -219,7 +242,10 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
         foreign.append(share)
     row["foreign_cpu_max"] = max(foreign)
     row["train_images_per_s"] = _spread(jax_rates)
-    row["compile_s"] = max(0.0, first_s - batch_size / row["train_images_per_s"]["median"])
+    # The first call less one step at the median rate: trace and compile. Not clamped: a
+    # negative value would say that the timing is wrong (a first call faster than a step).
+    row["first_call_s"] = first_s
+    row["compile_s"] = first_s - batch_size / row["train_images_per_s"]["median"]
     row["gflop_per_s"] = 6 * macs * row["train_images_per_s"]["median"] / 1e9
     if torch_side is not None:
         row["torch_images_per_s"] = _spread(torch_rates)
@@ -256,16 +282,17 @@ def bench_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, repe
 
 
 class TorchSide:
-    """``experiments/torch_reference.py --serve`` in a child process, asked for one timed
-    repeat at a time (requests and replies are JSON lines)."""
+    """``python -m jaxcnn.torch_models --serve`` in a child process, asked for one timed
+    repeat at a time (requests and replies are JSON lines); ``tuned``: PyTorch's tuned
+    settings where they apply (``settings`` says which, and why the others are not)."""
 
-    def __init__(self):
-        if not TORCH_REFERENCE.is_file():
-            raise FileNotFoundError(f"--compare-torch needs {TORCH_REFERENCE}, which is part of "
-                                    f"the source checkout, not of an installed package")
-        self.process = subprocess.Popen([sys.executable, str(TORCH_REFERENCE), "--serve"],
+    def __init__(self, tuned: bool = False):
+        self.tuned = tuned
+        self.process = subprocess.Popen([sys.executable, "-m", "jaxcnn.torch_models", "--serve"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = None
+        self.settings: dict[str, str | None] = {}
+        self.warmup_s = 0.0
 
     def _ask(self, **request: Any) -> dict[str, Any]:
         self.process.stdin.write(json.dumps(request) + "\n")
@@ -278,10 +305,13 @@ class TorchSide:
     def build(self, name: str, batch_size: int, image_size: int) -> int:
         """Build the book's ``name`` in PyTorch, warm it up; returns its parameter count."""
         reply = self._ask(op="build", model=name, batch_size=batch_size, image_size=image_size,
-                          warmup=1)
+                          warmup=1, tuned=self.tuned)
         if "error" in reply:
             raise ValueError(f"--compare-torch: {reply['error']}")
-        self.version = f"{reply['torch']} on {reply['device']} ({reply['threads']} threads)"
+        self.version = (f"{reply['torch']} on {reply['device']} ({reply['threads']} threads), "
+                        f"{reply['described']}")
+        self.settings = reply["settings"]
+        self.warmup_s = reply["warmup_s"]            # one step, and torch.compile's compile
         return reply["params"]
 
     def time(self, steps: int) -> float:
