@@ -23,6 +23,7 @@ RECIPES = ("book", "improved")
 
 NUM_CLASSES = 10      # Fashion-MNIST's
 MAX_EPOCHS = 10_000   # beyond any sane run (the book's are 10): a typo, not a plan
+MAX_IMAGE_SIZE = 4096 # Fashion-MNIST's images are 28 px; the book resizes them to 224 at most
 POSITIVE = ("lr", "max_loss", "clip_norm")          # clip_norm may also be None
 NON_NEGATIVE = ("momentum", "weight_decay", "warmup_epochs", "label_smoothing")
 
@@ -91,6 +92,10 @@ class Config:
         _choice("dtype", self.dtype, models.COMPUTE_DTYPES)
         for name in ("epochs", "batch_size", "image_size"):
             _positive_int(name, getattr(self, name))
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"{setting('image_size')} must be at most {MAX_IMAGE_SIZE} "
+                             f"(Fashion-MNIST's images are 28x28; the book resizes them to 224 "
+                             f"at most), got {self.image_size!r}")
         if self.epochs > MAX_EPOCHS:
             raise ValueError(f"{setting('epochs')} must be at most {MAX_EPOCHS:,}, got "
                              f"{self.epochs!r}")

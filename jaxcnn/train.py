@@ -125,13 +125,32 @@ class Trainer:
         abstract_model = nnx.eval_shape(lambda: models.create(
             cfg.model, image_size=cfg.image_size, dtype=cfg.dtype, **cfg.model_overrides))
         self.graphdef = nnx.split(abstract_model, nnx.Param, nnx.BatchStat, ...)[0]
-        state, self.constants = self._init(jax.random.key(cfg.seed))
-        self.initial_state: State = parallel.replicate(state, self.mesh)
         replicated = parallel.replicated(self.mesh)
         self._train_step = jax.jit(self.train_step_fn, donate_argnums=0,
                                    out_shardings=replicated)
         self._eval_step = jax.jit(self.eval_step_fn, out_shardings=replicated)
         self._vmapped: tuple[Callable, Callable] | None = None
+
+    @functools.cached_property
+    def _first(self) -> tuple[State, nnx.State]:
+        return self._init(jax.random.key(self.cfg.seed))
+
+    @functools.cached_property
+    def initial_state(self) -> State:
+        """``cfg.seed``'s initial state, replicated over the mesh (made on first use)."""
+        return parallel.replicate(self._first[0], self.mesh)
+
+    @functools.cached_property
+    def constants(self) -> nnx.State:
+        """The model's variables that are neither parameters nor statistics (see
+        ``init_state``)."""
+        return self._first[1]
+
+    @functools.cached_property
+    def abstract_state(self) -> State:
+        """The train state's shapes and dtypes (a checkpoint's restore target), made without
+        computing it."""
+        return abstract(jax.eval_shape(self._init, jax.random.key(0))[0])
 
     def init(self, seed: int) -> State:
         """Seed ``seed``'s initial state, replicated over the mesh."""
@@ -157,13 +176,16 @@ class Trainer:
         """``states`` (one per seed) to train in lock step; see ``SeedGroup``."""
         return SeedGroup(self, states, mode)
 
-    def _model(self, state: State, train: bool) -> nnx.Module:
-        model = nnx.merge(self.graphdef, state["params"], state["batch_stats"], self.constants,
+    def _model(self, state: State, train: bool, constants: nnx.State | None = None
+               ) -> nnx.Module:
+        model = nnx.merge(self.graphdef, state["params"], state["batch_stats"],
+                          self.constants if constants is None else constants,
                           copy=True)   # fresh Variables at the current trace level
         model.train() if train else model.eval()
         return model
 
-    def train_step_fn(self, state: State, batch: Batch) -> tuple[State, jax.Array]:
+    def train_step_fn(self, state: State, batch: Batch, constants: nnx.State | None = None
+                      ) -> tuple[State, jax.Array]:
         key = jax.random.wrap_key_data(state["key"])
         key_augment, key_dropout = jax.random.split(jax.random.fold_in(key, state["step"]))
         images = batch["image"]
@@ -171,7 +193,7 @@ class Trainer:
             images = random_crop_flip(images, key_augment)
         images = data.preprocess(images, self.cfg.image_size)
 
-        model = self._model(state, train=True)
+        model = self._model(state, train=True, constants=constants)
 
         def loss_fn(model):
             logits = model(images, rngs=nnx.Rngs(dropout=key_dropout)).astype(jnp.float32)
@@ -341,13 +363,19 @@ def splits(cfg: Config) -> Splits:
 
 
 def _check_memory(trainer: Trainer, batch_size: int) -> None:
-    """``OutOfMemoryError`` when the train step's largest array alone exceeds the memory of
-    the device it runs on (a lower bound on what the step needs; a bigger run that still
-    fails is caught where it fails)."""
+    """``OutOfMemoryError`` when the largest array of the initialisation or the train step
+    alone exceeds the memory of the device it runs on: a lower bound on what the run needs,
+    found from shapes, before any parameter exists (a bigger run that still fails is caught
+    where it fails)."""
     batch = {"image": jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.uint8),
              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
              "mask": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
-    jaxpr = jax.make_jaxpr(trainer.train_step_fn)(abstract(trainer.initial_state), batch)
+
+    def init_and_step(key, batch):
+        state, constants = trainer._init(key)
+        return trainer.train_step_fn(state, batch, constants)
+
+    jaxpr = jax.make_jaxpr(init_and_step)(jax.random.key(0), batch)   # shapes only
     needed = summary.largest_array_bytes(jaxpr.jaxpr) / trainer.mesh.size
     available = _device_memory(trainer.mesh.devices.flat[0])
     if available and needed > available:
@@ -476,7 +504,7 @@ def _resume(trainer: Trainer, cfg: Config, checkpoints: Checkpoints, workdir: Pa
         raise ValueError(f"workdir {str(workdir)!r} holds a run with a different config "
                          f"({'; '.join(differences)}); use another {setting('workdir')}, or "
                          f"{switch('force_new')} to start over")
-    restored = checkpoints.restore(abstract(trainer.initial_state))
+    restored = checkpoints.restore(trainer.abstract_state)
     if restored is None:
         if checkpoints.steps("best"):
             checkpoints.drop("best", "there is no latest checkpoint, so the best one belongs to "
@@ -502,7 +530,7 @@ def _check_best(trainer: Trainer, checkpoints: Checkpoints, state: State, meta: 
         found = None
     if found is not None:
         try:
-            checkpoints.restore(abstract(trainer.initial_state), which="best")
+            checkpoints.restore(trainer.abstract_state, which="best")
             return
         except CheckpointMismatchError:
             raise
@@ -792,7 +820,7 @@ def _restore_workdir(workdir: str | Path, which: str) -> tuple[Trainer, State, d
             cfg = trained
         trainer = Trainer(cfg, data.num_batches(60_000, cfg.batch_size, train=True))
         try:
-            restored = checkpoints.restore(abstract(trainer.initial_state), which=which)
+            restored = checkpoints.restore(trainer.abstract_state, which=which)
         except CheckpointMismatchError:
             raise
         except CheckpointError as error:

@@ -106,7 +106,7 @@ def test_a_diverging_seed_stops_the_group_naming_it(tmp_path):
                         log=lambda s: None)
 
 
-def test_the_initial_state_is_pure_and_vmaps(single):
+def test_the_initial_state_is_pure_and_vmaps():
     trainer = train.Trainer(cfg("bn_lenet"), 10)
     keys = jax.random.split(jax.random.key(0), 3)
     init = jax.jit(lambda k: train.init_state(trainer.cfg, trainer.tx, k)[0])

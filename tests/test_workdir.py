@@ -227,12 +227,14 @@ def test_label_smoothing_curves_compare_the_smoothed_losses(tmp_path):
 
 
 def test_a_step_too_big_for_memory_is_refused_before_anything_is_written(tmp_path, capsys):
-    code = cli.main(["train", "lenet", "--image-size", "20000", "--workdir", str(tmp_path / "w")])
+    code = cli.main(["train", "lenet", "--image-size", "4096", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err
     assert code == 2 and "needs at least" in err and "lower the image size" in err
     assert not (tmp_path / "w").exists()
 
 
-def test_absurd_epoch_counts_are_refused():
+def test_absurd_epoch_counts_and_image_sizes_are_refused():
     with pytest.raises(ValueError, match="epochs must be at most 10,000"):
         config.Config(epochs=10**9)
+    with pytest.raises(ValueError, match="image_size must be at most 4096"):
+        config.Config(image_size=10**30)
