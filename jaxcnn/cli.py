@@ -229,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench_module.add_arguments(bench)
     bench.set_defaults(run=bench_module.run)
 
+    from jaxcnn import export, interop, predict
+
+    convert = commands.add_parser("convert", help="a run's weights to a safetensors file of "
+                                                  "the book's PyTorch state dict, or back into "
+                                                  "a new workdir (--from-torch)")
+    interop.add_arguments(convert)
+    convert.set_defaults(run=interop.run)
+
+    exporting = commands.add_parser("export", help="a run's model with its preprocessing as "
+                                                   "StableHLO (jax.export) or ONNX")
+    export.add_arguments(exporting)
+    exporting.set_defaults(run=export.run)
+
+    predicting = commands.add_parser("predict", help="the top 3 classes of your own images "
+                                                     "(PNG, JPEG) by a run's model")
+    predict.add_arguments(predicting)
+    predicting.set_defaults(run=predict.run)
 
     report = commands.add_parser("report", help="what a run's network learned: confusion "
                                                 "matrix, predictions, kernels, feature maps "
