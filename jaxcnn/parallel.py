@@ -3,7 +3,9 @@
 Batches are sharded along ``data``; parameters, optimizer state and BatchNorm statistics are
 replicated; the train step stays one ``jax.jit`` function and XLA inserts the collectives (so
 BatchNorm averages over the global batch, exactly as on one device). Several processes (hosts)
-join through ``jax.distributed``; each reads only its slice of every global batch.
+join through ``jax.distributed``; each holds the (small) dataset and gathers only its rows of
+every global batch (``data.batches(..., rows=process_slice(batch_size))``), which
+``shard_batch`` assembles into the global array without copying rows between processes.
 """
 
 from __future__ import annotations
@@ -118,12 +120,29 @@ def process_slice(batch_size: int) -> slice:
     return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """A global batch (``(B, ...)`` host arrays, identical on every process) as arrays sharded
-    along their first axis; each process contributes only its own rows."""
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+                batch_size: int | None = None) -> dict[str, jax.Array]:
+    """A batch as global arrays sharded along their first axis, each process contributing only
+    its own rows.
+
+    ``batch`` holds either this process's rows of a global batch of ``batch_size`` (``(R, ...)``
+    host arrays, R = batch_size / process count, as ``data.batches(..., rows=process_slice(
+    batch_size))`` gives) or the whole global batch (``(B, ...)``, identical on every process;
+    its rows for this process are taken here). Without ``batch_size`` it is the whole batch.
+    With one process the two are the same.
+    """
     sharding = batch_sharding(mesh)
-    rows = process_slice(len(next(iter(batch.values()))))
-    return {key: jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+    rows = len(next(iter(batch.values())))
+    if batch_size is None or rows == batch_size:
+        global_rows, part = rows, process_slice(rows)
+    elif rows * jax.process_count() == batch_size:
+        global_rows, part = batch_size, slice(None)
+    else:
+        raise ValueError(f"a batch of {rows} rows is neither the global batch of {batch_size} "
+                         f"nor this process's share of it ({batch_size} / "
+                         f"{jax.process_count()} processes)")
+    return {key: jax.make_array_from_process_local_data(
+                sharding, value[part], (global_rows, *value.shape[1:]))
             for key, value in batch.items()}
 
 
