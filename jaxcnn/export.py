@@ -15,8 +15,10 @@ model does on ``data.preprocess(images, image_size)``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import re
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def serving_fn(model: nnx.Module, image_size: int,
     graphdef, state = nnx.split(model)
 
     def logits(images: jax.Array) -> jax.Array:
-        net = nnx.merge(graphdef, state)
+        net = nnx.merge(graphdef, state, copy=True)   # fresh Variables in this trace
         net.eval()
         return net(preprocess(images, image_size)).astype(jnp.float32)
 
@@ -80,8 +82,13 @@ def to_stablehlo(model: nnx.Module, image_size: int) -> bytes:
 
 
 def _first_line(error: BaseException) -> str:
+    """``error`` in one line, with the innermost jaxcnn function it came through."""
     text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+    ours = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if Path(frame.filename).parent.name in ("jaxcnn", "models")]
+    where = (f" (in {Path(ours[-1].filename).stem}.{ours[-1].name}, line {ours[-1].lineno})"
+             if ours else "")
+    return f"{type(error).__name__}{where}: {text[:300]}" if text else type(error).__name__
 
 
 def to_onnx(model: nnx.Module, image_size: int, name: str) -> bytes:
@@ -96,7 +103,7 @@ def to_onnx(model: nnx.Module, image_size: int, name: str) -> bytes:
     for logger in ("jax2onnx", "onnx_ir"):   # plugins for libraries not installed, type notes
         logging.getLogger(logger).setLevel(logging.ERROR)
     fn = serving_fn(model, image_size, onnx_preprocess)
-    version = getattr(jax2onnx, "__version__", "")
+    version = importlib.metadata.version("jax2onnx")
     try:
         proto = jax2onnx.to_onnx(fn, inputs=[input_spec()], model_name=name,
                                  input_names=["images"], output_names=["logits"])
