@@ -436,7 +436,7 @@ def test_without_a_source_dir_the_cache_checks_the_files_it_was_built_from(
     data.fashion_mnist("test", tfds_data_dir=prepared_copy)
     assert counted == []
     path = paths[NAMES[2]]
-    path.write_bytes(gzip.compress(_flip_pixel_byte(gzip.decompress(path.read_bytes()))))
+    _regzip(path, _flip_pixel_byte(gzip.decompress(path.read_bytes())), compresslevel=1)
     with pytest.raises(data.DataError, match=re.escape(f"{path} decompresses to content with")):
         data.fashion_mnist("test", tfds_data_dir=prepared_copy)
     shutil.rmtree(source_copy)          # no source anywhere: the cache, checked when built, serves
