@@ -194,12 +194,13 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     ``batch``: ``{"image": uint8 (B, 28, 28, 1), "label": int32 (B,), "mask": bool (B,)}``.
     ``steps`` None: chosen from the second step's time (see ``TARGET_REPEAT_S``).
     """
-    from jaxcnn.train import Trainer  # deferred: it imports Orbax, slow for `jaxcnn --help`
+    from jaxcnn import train  # deferred: it imports Orbax, slow for `jaxcnn --help`
 
     batch_size = len(batch["label"])
     torch_params = torch_side.build(name, batch_size, image_size) if torch_side else None
-    trainer = Trainer(Config(model=name, batch_size=batch_size, image_size=image_size,
-                             dtype=dtype), 1)
+    trainer = train.Trainer(Config(model=name, batch_size=batch_size, image_size=image_size,
+                                   dtype=dtype), 1)
+    train._check_memory(trainer, batch_size)   # a step too big for the device: a clear error
     initial = trainer.initial_state
     model = nnx.merge(trainer.graphdef, initial["params"], initial["batch_stats"],
                       trainer.constants)

@@ -114,6 +114,14 @@ def test_bench_json_to_an_unwritable_path_fails_before_the_benchmark(tmp_path, c
     assert not (tmp_path / "new.json").exists()
 
 
+def test_bench_refuses_a_step_bigger_than_the_device_before_timing(capsys):
+    # Its activations alone: 8192 x 1024 x 1024 x 6 float32 = 192 GiB, above any one device.
+    with pytest.raises(ValueError, match=r"needs at least [\d,.]+ GiB .*lower the image size"):
+        bench.run(parse("lenet", "--image-size", "1024", "--batch-size", "8192", "--steps", "1",
+                        "--repeats", "1"))
+    assert "images/s" not in capsys.readouterr().err
+
+
 def test_compare_torch_modes():
     assert parse("lenet").compare_torch is None
     assert parse("lenet", "--compare-torch").compare_torch == "default"
