@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxcnn.files import atomic_write  # noqa: F401  (re-exported: report.atomic_write)
+
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_acc", "images_per_s", "seconds")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` through ``write(file_object)`` into a temporary file, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)          # mkstemp's 0600 would hide results from others
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -58,12 +43,14 @@ def plot_curves(path: Path, history: Sequence[dict], title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     smoothed = bool(history) and all("val_loss_smoothed" in r for r in history)
     suffix = " (label-smoothed)" if smoothed else ""
-    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train_loss" + suffix)
+    marker = "o" if len(history) == 1 else None     # a single epoch is a point, not a line
+    ax.plot(epochs, [r["train_loss"] for r in history], "-", marker=marker,
+            label="train_loss" + suffix)
     ax.plot(epochs, [r["val_loss_smoothed" if smoothed else "val_loss"] for r in history], "--",
-            label="val_loss" + suffix)
-    ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val_acc")
+            marker=marker, label="val_loss" + suffix)
+    ax.plot(epochs, [r["val_acc"] for r in history], "-.", marker=marker, label="val_acc")
     if history and all("test_acc" in r for r in history):
-        ax.plot(epochs, [r["test_acc"] for r in history], ":", label="test_acc")
+        ax.plot(epochs, [r["test_acc"] for r in history], ":", marker=marker, label="test_acc")
     ax.set_xlabel("epoch")
     ax.set_xlim(0, max(epochs) if epochs else 1)
     ax.grid(alpha=0.3)
@@ -73,6 +60,7 @@ def plot_curves(path: Path, history: Sequence[dict], title: str = "") -> None:
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
+
 
 SUMMARY_FIELDS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc")
 

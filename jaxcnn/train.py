@@ -157,11 +157,14 @@ class Trainer:
         return parallel.replicate(self._init(jax.random.key(seed))[0], self.mesh)
 
     def train_step(self, state: State, batch: Batch) -> tuple[State, jax.Array]:
-        """One jitted step on a host batch (the global batch; sharded over the mesh here)."""
-        return self._train_step(state, parallel.shard_batch(batch, self.mesh))
+        """One jitted step on a host batch (the global batch, or this process's rows of it;
+        sharded over the mesh here)."""
+        return self._train_step(state, parallel.shard_batch(batch, self.mesh,
+                                                           self.cfg.batch_size))
 
     def eval_step(self, state: State, batch: Batch) -> dict[str, jax.Array]:
-        return self._eval_step(state, parallel.shard_batch(batch, self.mesh))
+        return self._eval_step(state, parallel.shard_batch(batch, self.mesh,
+                                                           self.cfg.batch_size))
 
     def vmapped_steps(self) -> tuple[Callable, Callable]:
         """The jitted steps over states stacked along a leading seed axis: ``train(states,
@@ -231,7 +234,8 @@ def _evaluations(eval_step: Callable[[Batch], dict], images: np.ndarray, labels:
     """One ``Evaluation`` per seed from ``eval_step(batch)``'s sums, scalars (one seed) or
     ``(S,)`` arrays (S seeds), added up over every batch of the split."""
     totals = None
-    for batch in data.batches(images, labels, batch_size, train=False):
+    for batch in data.batches(images, labels, batch_size, train=False,
+                              rows=parallel.process_slice(batch_size)):
         sums = eval_step(batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = {k: np.atleast_1d(parallel.to_host(v)) for k, v in totals.items()}
@@ -377,7 +381,7 @@ def _check_memory(trainer: Trainer, batch_size: int) -> None:
 
     jaxpr = jax.make_jaxpr(init_and_step)(jax.random.key(0), batch)   # shapes only
     needed = summary.largest_array_bytes(jaxpr.jaxpr) / trainer.mesh.size
-    available = _device_memory(trainer.mesh.devices.flat[0])
+    available = _device_memory(trainer.mesh.local_devices[0])
     if available and needed > available:
         raise OutOfMemoryError(_memory_message(trainer.cfg, f"at least {needed / 2**30:,.1f} GiB "
                                                f"(its largest array alone)", available))
@@ -449,8 +453,9 @@ def _train_epoch(trainer: Trainer, group: SeedGroup, runs: list[Run], epoch: int
     """
     cfg, first = trainer.cfg, runs[0].meta["step_in_epoch"]
     loss_sums = np.array([run.meta["loss_sum"] for run in runs], np.float64)
+    rows = parallel.process_slice(cfg.batch_size)         # this process's rows of each batch
     order = zip(*(data.batches(train_images, train_labels, cfg.batch_size, seed=run.cfg.seed,
-                               epoch=epoch, train=True) for run in runs), strict=True)
+                               epoch=epoch, train=True, rows=rows) for run in runs), strict=True)
     start, pending = time.perf_counter(), []
     for index, batches in enumerate(itertools.islice(order, first, None), start=first):
         pending.append(group.step(list(batches)))
@@ -670,7 +675,7 @@ def _train(cfg: Config, workdir: Path, seeds: list[int] | None, *, force_new: bo
             if _is_out_of_memory(error):
                 raise OutOfMemoryError(_memory_message(
                     cfg, f"more memory than there is ({str(error).splitlines()[0][:200]})",
-                    _device_memory(trainer.mesh.devices.flat[0]))) from error
+                    _device_memory(trainer.mesh.local_devices[0]))) from error
             raise
     return runs
 
