@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         torch_side = TorchSide(tuned=args.compare_torch == "tuned")
     images, labels = data.fashion_mnist("train")
+    if args.batch_size > len(labels):
+        raise ValueError(f"--batch-size {args.batch_size:,} exceeds the {len(labels):,} training "
+                         f"images a benchmark batch is taken from")
     batch = {"image": images[:args.batch_size], "label": labels[:args.batch_size],
              "mask": np.ones(args.batch_size, bool)}
     results = {**environment(), "batch_size": args.batch_size, "dtype": args.dtype,
@@ -200,7 +203,7 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     torch_params = torch_side.build(name, batch_size, image_size) if torch_side else None
     trainer = train.Trainer(Config(model=name, batch_size=batch_size, image_size=image_size,
                                    dtype=dtype), 1)
-    train._check_memory(trainer, batch_size)   # a step too big for the device: a clear error
+    train.check_memory(trainer, batch_size)   # a step too big for the device: a clear error
     initial = trainer.initial_state
     model = nnx.merge(trainer.graphdef, initial["params"], initial["batch_stats"],
                       trainer.constants)

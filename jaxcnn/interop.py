@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,7 +266,7 @@ def make_workdir(workdir: str | Path, model: nnx.Module, cfg: Config, source: st
     ``source`` is recorded in the checkpoint's meta."""
     from jaxcnn import report
     from jaxcnn.checkpoints import Checkpoints
-    from jaxcnn.train import Trainer
+    from jaxcnn.train import Trainer, new_meta
 
     workdir = Path(workdir)
     if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
@@ -277,9 +276,7 @@ def make_workdir(workdir: str | Path, model: nnx.Module, cfg: Config, source: st
     _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     state = {**trainer.initial_state, "params": params, "batch_stats": batch_stats,
              "opt_state": trainer.tx.init(params)}
-    meta = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "history": [],
-            "best_val_acc": None, "best_step": None, "run_id": uuid.uuid4().hex,
-            "config": cfg.to_dict(), "converted_from": source}
+    meta = {**new_meta(cfg), "converted_from": source}
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir / "checkpoints")
     try:

@@ -366,7 +366,7 @@ def splits(cfg: Config) -> Splits:
                   (test_images[:cfg.test_examples], test_labels[:cfg.test_examples]))
 
 
-def _check_memory(trainer: Trainer, batch_size: int) -> None:
+def check_memory(trainer: Trainer, batch_size: int) -> None:
     """``OutOfMemoryError`` when the largest array of the initialisation or the train step
     alone exceeds the memory of the device it runs on: a lower bound on what the run needs,
     found from shapes, before any parameter exists (a bigger run that still fails is caught
@@ -484,7 +484,9 @@ def _train_epoch(trainer: Trainer, group: SeedGroup, runs: list[Run], epoch: int
     return loss_sums
 
 
-def _new_meta(cfg: Config) -> dict:
+def new_meta(cfg: Config) -> dict:
+    """The checkpoint meta of a run that has not trained yet: position 0, no history or best,
+    a new run id, the config."""
     return {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "history": [],
             "best_val_acc": None, "best_step": None, "run_id": uuid.uuid4().hex,
             "config": cfg.to_dict()}
@@ -518,7 +520,7 @@ def _resume(trainer: Trainer, cfg: Config, checkpoints: Checkpoints, workdir: Pa
             log(f"{workdir / 'checkpoints' / 'latest'} holds no checkpoint: starting the run "
                 f"over (its metrics.jsonl is rewritten)")
         state = trainer.initial_state if cfg.seed == trainer.cfg.seed else trainer.init(cfg.seed)
-        return state, _new_meta(cfg)
+        return state, new_meta(cfg)
     state, meta = restored
     meta = {"best_step": None, "run_id": None, **meta, "config": cfg.to_dict()}
     _check_best(trainer, checkpoints, state, meta)
@@ -642,7 +644,7 @@ def _train(cfg: Config, workdir: Path, seeds: list[int] | None, *, force_new: bo
     parts = splits(cfg)
     steps_per_epoch = data.num_batches(len(parts.train[0]), cfg.batch_size, train=True)
     trainer = Trainer(cfg, steps_per_epoch, None if seeds is None else parallel.make_mesh(1))
-    _check_memory(trainer, cfg.batch_size * (len(seeds) if seeds and mode == "vmap" else 1))
+    check_memory(trainer, cfg.batch_size * (len(seeds) if seeds and mode == "vmap" else 1))
     configs = ([(cfg, workdir)] if seeds is None else
                [(dataclasses.replace(cfg, seed=s), workdir / f"seed-{s}") for s in seeds])
     folders = ([] if seeds is None else [workdir]) + [folder for _, folder in configs]

@@ -77,17 +77,14 @@ POOLS: dict[tuple[str, str], list] = {
                                      "1,20000,20000,1")
     + bad("", "1,28,28", "0,28,28,1", "1,-28,28,1", "a,b,c,d", "1,28,30,1", "1,8,8,1",
           "1,28,28,0", "1,28,28,1,1", "1.0,28,28,1"),
-    ("bench", "--batch-size"): ok("8") + bad("0", "-1", *NOT_INTS),
+    ("bench", "--batch-size"): ok("8") + bad("0", "-1", "70000", *NOT_INTS),
     ("bench", "--steps"): ok("1") + bad("0", "-2", *NOT_INTS),
     ("bench", "--repeats"): ok("1") + bad("0", "-2", *NOT_INTS),
-    ("bench", "--image-size"): ok("16") + bad("0", "-1", "8", *NOT_INTS),
+    ("bench", "--image-size"): ok("16") + bad("0", "-1", "8", "20000", *NOT_INTS),
     ("bench", "--dtype"): ok("float32", "bfloat16") + bad("", "float16"),
     ("bench", "--json"): ok(FLAG, "out.json") + bad("", "a_file/x.json", "empty_dir",
                                                     "/proc/jaxcnn-fuzz.json"),
 }
-# Values left out until their regression test below passes: bench --batch-size beyond the
-# training set (test_regression_bench_batch_beyond_the_training_set) and bench --image-size
-# 20000 (test_regression_bench_image_too_big_for_memory).
 PINNED = {"train": {"--epochs": "1", "--train-examples": "256", "--test-examples": "256"},
           "bench": {"--steps": "1", "--repeats": "1"}}
 POSITIONAL = {
@@ -341,23 +338,22 @@ def one_line_error(result: subprocess.CompletedProcess, command: str) -> bool:
             and errors[0].startswith(f"jaxcnn {command}: error: "))
 
 
-@pytest.mark.xfail(strict=True, reason="bench.py (not models'): a --batch-size beyond the 60,000 "
-                                       "training images is taken (as a 60,000 batch), which "
-                                       "ends in an out-of-memory traceback, or an abort "
-                                       "(std::bad_alloc)")
 def test_regression_bench_batch_beyond_the_training_set():
+    # Before: a 70,000 batch was taken as 60,000 and ended in an out-of-memory traceback.
     result = run_limited(["bench", "lenet", "--steps", "1", "--repeats", "1",
                           "--batch-size", "70000"])
     assert one_line_error(result, "bench"), result.stderr[-2000:]
+    assert "exceeds the 60,000 training images" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bench.py (not models'): no memory estimate as train has; "
-                                       "--image-size 20000 ends in a JaxRuntimeError traceback "
-                                       "(out of memory allocating 192 GB)")
 def test_regression_bench_image_too_big_for_memory():
-    result = run_limited(["bench", "lenet", "--steps", "1", "--repeats", "1",
-                          "--image-size", "20000"])
-    assert one_line_error(result, "bench"), result.stderr[-2000:]
+    # Before: --image-size 20000 ended in a JaxRuntimeError traceback (192 GB); now sizes above
+    # 4096 are refused, and a step too big for the memory is refused before it runs.
+    for size, message in (("20000", "must be at most 4096"), ("4096", "needs at least")):
+        result = run_limited(["bench", "lenet", "--steps", "1", "--repeats", "1",
+                              "--image-size", size])
+        assert one_line_error(result, "bench") and message in result.stderr, \
+            result.stderr[-2000:]
 
 
 def test_regression_bench_empty_json_path():
