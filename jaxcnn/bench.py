@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is always float32)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="also write the results as JSON to PATH (alone: to stdout)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help="time K seeds' train steps together, images/s summed over them "
+                             "(default 1)")
+    parser.add_argument("--seeds-mode", choices=("vmap", "interleave"),
+                        help="how --seeds train together (default: vmap on GPUs, interleave "
+                             "on CPUs)")
     parser.add_argument("--compare-torch", nargs="?", const="default", choices=TORCH_MODES,
                         help="time the book's PyTorch models alternately with the JAX ones, "
                              "with PyTorch's defaults (alone: default) or tuned (channels_last, "
@@ -72,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark of ``args`` (see ``add_arguments``); print the table (and JSON)."""
-    for name in ("batch_size", "steps", "repeats", "image_size"):
+    for name in ("batch_size", "steps", "repeats", "image_size", "seeds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -101,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             size = args.image_size or models.spec(name).image_size
             row = bench_model(name, batch, size, args.steps, args.repeats, torch_side,
-                              args.dtype)
+                              args.dtype, seeds=args.seeds, seeds_mode=args.seeds_mode)
             results["models"].append(row)
             print(f"{name}: {row['train_images_per_s']['median']:,.1f} images/s", file=sys.stderr)
         if torch_side is not None:
@@ -191,11 +197,15 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps: int | None,
                 repeats: int, torch_side: TorchSide | None = None,
-                dtype: str = "float32") -> dict[str, Any]:
+                dtype: str = "float32", *, seeds: int = 1,
+                seeds_mode: str | None = None) -> dict[str, Any]:
     """Train/eval images/s, first-step seconds, FLOP rate and peak memory of model ``name``.
 
     ``batch``: ``{"image": uint8 (B, 28, 28, 1), "label": int32 (B,), "mask": bool (B,)}``.
     ``steps`` None: chosen from the second step's time (see ``TARGET_REPEAT_S``).
+    ``seeds`` > 1: the train step of that many seeds in one ``train.SeedGroup`` (``seeds_mode``
+    'vmap' or 'interleave'; default ``train.default_seed_mode()``), images/s summed over the
+    seeds; PyTorch's side trains one model, as K seeds there are K runs one after another.
     """
     from jaxcnn import train  # deferred: it imports Orbax, slow for `jaxcnn --help`
 
@@ -203,20 +213,33 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     torch_params = torch_side.build(name, batch_size, image_size) if torch_side else None
     trainer = train.Trainer(Config(model=name, batch_size=batch_size, image_size=image_size,
                                    dtype=dtype), 1)
-    train.check_memory(trainer, batch_size)   # a step too big for the device: a clear error
+    mode = None
+    if seeds > 1:
+        mode = seeds_mode or train.default_seed_mode()
+        if mode not in ("vmap", "interleave"):
+            raise ValueError(f"--seeds-mode for the benchmark is vmap or interleave (sequential "
+                             f"is one seed's rate); got {mode!r}")
+    # A step too big for the device: a clear error.
+    train.check_memory(trainer, batch_size * (seeds if mode == "vmap" else 1))
     initial = trainer.initial_state
     model = nnx.merge(trainer.graphdef, initial["params"], initial["batch_stats"],
                       trainer.constants)
     macs = summary.layer_summary(model, (1, image_size, image_size, 1), print_fn=None)[-1].macs
     params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(initial["params"]))
     state = jax.tree.map(jnp.copy, initial)            # train_step donates its input
+    group = (trainer.group([trainer.init(seed) for seed in range(seeds)], mode)
+             if seeds > 1 else None)
+    per_step = batch_size * seeds                     # images a step trains, over the seeds
 
     def train(n: int) -> Callable[[], Any]:
         def loop():
             nonlocal state
             for _ in range(n):
-                state, loss = trainer.train_step(state, batch)
-            return state, loss
+                if group is None:
+                    state, loss = trainer.train_step(state, batch)
+                else:
+                    loss = group.step([batch] * seeds)
+            return loss
         return loop
 
     first_s = _seconds(train(1))
@@ -225,7 +248,7 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
         steps = int(max(1, min(MAX_AUTO_STEPS, round(TARGET_REPEAT_S / step_s))))
     row: dict[str, Any] = {"model": name, "image_size": image_size, "batch_size": batch_size,
                            "params": params, "macs_per_image": macs, "steps": steps,
-                           "repeats": repeats}
+                           "repeats": repeats, "seeds": seeds, "seeds_mode": mode}
     if torch_side is not None:
         row["torch_params"] = torch_params
         row["torch_warmup_s"] = torch_side.warmup_s
@@ -234,7 +257,7 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     for _ in range(repeats):
         for _attempt in range(RETRIES + 1):   # a repeat (pair) others shared the CPU in, again
             before = _cpu_ticks(pids)
-            jax_rate = steps * batch_size / _seconds(train(steps))
+            jax_rate = steps * per_step / _seconds(train(steps))
             if torch_side is not None:
                 torch_rate = steps * batch_size / torch_side.time(steps)
             share = _foreign_share(before, _cpu_ticks(pids))
@@ -249,7 +272,7 @@ def bench_model(name: str, batch: dict[str, np.ndarray], image_size: int, steps:
     # The first call less one step at the median rate: trace and compile. Not clamped: a
     # negative value would say that the timing is wrong (a first call faster than a step).
     row["first_call_s"] = first_s
-    row["compile_s"] = first_s - batch_size / row["train_images_per_s"]["median"]
+    row["compile_s"] = first_s - per_step / row["train_images_per_s"]["median"]
     row["gflop_per_s"] = 6 * macs * row["train_images_per_s"]["median"] / 1e9
     if torch_side is not None:
         row["torch_images_per_s"] = _spread(torch_rates)
@@ -340,7 +363,8 @@ def format_table(results: dict[str, Any]) -> str:
              + (("torch img/s", "JAX/torch (min-max)") if compare else ())]
     for r in results["models"]:
         t = r["train_images_per_s"]
-        line = (r["model"], str(r["image_size"]), f"{r['repeats']}x{r['steps']}",
+        seeds = f" x{r['seeds']} {r['seeds_mode']}" if r.get("seeds", 1) > 1 else ""
+        line = (r["model"] + seeds, str(r["image_size"]), f"{r['repeats']}x{r['steps']}",
                 f"{t['median']:,.1f} ({t['min']:,.1f}-{t['max']:,.1f})", f"{r['compile_s']:.1f}",
                 f"{r['eval_images_per_s']:,.1f}", f"{r['macs_per_image'] / 1e6:,.1f}",
                 f"{r['gflop_per_s']:,.0f}", f"{r['peak_rss_mib']:,.0f}")

@@ -79,6 +79,19 @@ def test_bench_lenet_writes_json_with_every_field(tmp_path, capsys):
     assert "lenet" in out and "input pipeline" in out
 
 
+@pytest.mark.parametrize("mode", ["vmap", "interleave"])
+def test_bench_seeds_sums_the_images_of_every_seed(tmp_path, capsys, mode):
+    path = tmp_path / "bench.json"
+    assert bench.run(parse("bn_lenet", "--seeds", "3", "--seeds-mode", mode, "--steps", "2",
+                           "--repeats", "1", "--json", str(path))) == 0
+    (row,) = json.loads(path.read_text())["models"]
+    assert (row["seeds"], row["seeds_mode"]) == (3, mode)
+    rates = row["train_images_per_s"]
+    # A first call is one step of all three seeds: 3 x 128 images at the median rate.
+    assert row["compile_s"] == pytest.approx(row["first_call_s"] - 3 * 128 / rates["median"])
+    assert f"bn_lenet x3 {mode}" in capsys.readouterr().out
+
+
 def test_foreign_share_is_the_others_busy_time_over_all_time():
     # (busy ticks, all ticks, own ticks): 500 busy of 1000, of which 300 were ours.
     assert bench._foreign_share((100, 1000, 50), (600, 2000, 350)) == pytest.approx(0.2)
