@@ -124,15 +124,20 @@ def batches(images, labels, batch_size: int, *, seed: int = 0, epoch: int = 0, t
         for name, value in (("seed", seed), ("epoch", epoch)):
             if not (isinstance(value, Integral) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        return _train_batches(images, labels, batch_size, part,
-                              np.random.default_rng([seed, epoch]))
+        return _train_batches(images, labels, batch_size, part, seed, epoch)
     return _eval_batches(images, labels, batch_size, part)
 
 
-def _train_batches(images, labels, batch_size, part, rng):
-    order = rng.permutation(len(images))
-    for i in range(len(images) // batch_size):
-        idx = order[i * batch_size + part.start:i * batch_size + part.stop]
+def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+    """An epoch's training order: ``(n // batch_size, batch_size)`` example indices, row ``i``
+    the examples of batch ``i`` of ``batches(..., seed=seed, epoch=epoch, train=True)``."""
+    steps = n // batch_size
+    return np.random.default_rng([seed, epoch]).permutation(n)[:steps * batch_size].reshape(
+        steps, batch_size)
+
+
+def _train_batches(images, labels, batch_size, part, seed, epoch):
+    for idx in epoch_order(len(images), batch_size, seed=seed, epoch=epoch)[:, part]:
         yield {"image": images[idx], "label": labels[idx], "mask": np.ones(len(part), bool)}
 
 

@@ -126,3 +126,24 @@ def test_bfloat16_seeds_train_in_a_vmapped_group(tmp_path):
     runs = train.fit_seeds(cfg(dtype="bfloat16", epochs=1), tmp_path, [0, 1], mode="vmap",
                            log=lambda s: None)
     assert all(np.isfinite(h[0]["train_loss"]) for h in runs.histories.values())
+
+
+@pytest.mark.parametrize("model, seeds, mode", [("lenet", None, None),
+                                                ("bn_lenet", [0, 3], "vmap"),
+                                                ("lenet", [0, 3], "interleave")])
+def test_steps_gathered_on_the_device_in_one_dispatch_train_as_one_a_dispatch(
+        tmp_path, single, model, seeds, mode):
+    """The scan path, forced on the CPU: 3 steps a dispatch (10 an epoch: dispatches of 3, 1
+    before the checkpoint at step 4, ...), against the host path's one step a dispatch."""
+    if seeds is None:
+        got = {0: train.fit(cfg(model), tmp_path, log=lambda s: None, steps_per_dispatch=3)}
+    else:
+        got = train.fit_seeds(cfg(model), tmp_path, seeds, mode=mode, log=lambda s: None,
+                              steps_per_dispatch=3).histories
+    for seed, history in got.items():
+        want = single[(model, seed)]
+        for g, w in zip(history, want, strict=True):
+            for key in COMPARED:
+                assert g[key] == pytest.approx(w[key], rel=1e-6), (seed, key)
+    folder = tmp_path if seeds is None else tmp_path / "seed-0"
+    assert sorted(int(p.name) for p in (folder / "checkpoints" / "latest").iterdir()) == [16, 20]
