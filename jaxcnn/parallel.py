@@ -21,18 +21,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+HEARTBEAT_ENV = "JAXCNN_HEARTBEAT_TIMEOUT"     # seconds; 30 when unset
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, heartbeat_timeout_s: int = 30) -> bool:
+               process_id: int | None = None, *, heartbeat_timeout_s: int | None = None) -> bool:
     """Join a multi-process run when one is described, by arguments or by the environment
     variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` (or a
     cluster JAX detects by itself, such as SLURM, with ``num_processes`` given as -1).
 
     On CPU the cross-process collectives use gloo. A process whose peer stops answering fails
-    after about ``heartbeat_timeout_s`` seconds instead of waiting forever. Returns whether a
-    distributed runtime was started. Call before any other JAX work.
+    after about ``heartbeat_timeout_s`` seconds (default ``$JAXCNN_HEARTBEAT_TIMEOUT``, else
+    30) instead of waiting forever. Returns whether a distributed runtime was started. Call
+    before any other JAX work.
     """
+    if heartbeat_timeout_s is None:
+        text = os.environ.get(HEARTBEAT_ENV, "30")
+        if not (text.isdigit() and int(text) > 0):
+            raise ValueError(f"{HEARTBEAT_ENV} must be a positive number of seconds, got "
+                             f"{text!r}")
+        heartbeat_timeout_s = int(text)
     coordinator = coordinator or os.environ.get(ENV[0])
     if num_processes is None and os.environ.get(ENV[1]):
         num_processes = int(os.environ[ENV[1]])
