@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -90,12 +92,31 @@ def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> Linear:
                   bias_init=torch_bias_init(in_features), rngs=rngs)
 
 
+class FlaxBatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` that refuses batch statistics of an empty batch (NaN running averages
+    otherwise); in eval mode an empty batch gives an empty output."""
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None) -> jax.Array:
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        _require_batch(x, use_running_average)
+        return super().__call__(x, use_running_average, mask=mask)
+
+
+def _require_batch(x: jax.Array, use_running_average: bool) -> None:
+    if not use_running_average and x.size == 0:
+        raise ValueError(f"BatchNorm in train mode takes the statistics of its batch, and an "
+                         f"empty batch has none (x has shape {tuple(x.shape)}); call "
+                         f"model.eval() to use the running averages")
+
+
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """``nnx.BatchNorm`` with PyTorch's defaults: running = 0.9 * running + 0.1 * batch
     (Flax's ``momentum=0.9``; Flax defaults to 0.99), eps 1e-5, statistics over all axes but the
     last (N, H, W for NHWC). The variance is ``mean((x - mean)**2)``, not Flax's faster
     ``mean(x**2) - mean**2``, which cancels badly for near-constant channels."""
-    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+    return FlaxBatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
                          rngs=rngs)
 
 
@@ -122,8 +143,8 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 def flatten(x: jax.Array) -> jax.Array:
-    """``nn.Flatten``: ``(N, ...) -> (N, prod(...))`` (NHWC order, so H, W, C)."""
-    return x.reshape(x.shape[0], -1)
+    """``nn.Flatten``: ``(N, ...) -> (N, prod(...))`` (NHWC order, so H, W, C); ``N`` may be 0."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 class BatchNorm(nnx.Module):
@@ -138,21 +159,25 @@ class BatchNorm(nnx.Module):
     """
 
     def __init__(self, num_features: int, *, use_running_average: bool = False,
-                 momentum: float = 0.1, epsilon: float = 1e-5):
+                 momentum: float = 0.1, epsilon: float = 1e-5, dtype=None):
         self.scale = nnx.Param(jnp.ones((num_features,)))
         self.bias = nnx.Param(jnp.zeros((num_features,)))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,)))
         self.var = nnx.BatchStat(jnp.ones((num_features,)))
         self.use_running_average = use_running_average
         self.momentum, self.epsilon = momentum, epsilon
+        self.dtype = dtype   # of the output, as nnx.BatchNorm's (None: float32)
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         if use_running_average is None:
             use_running_average = self.use_running_average
+        _require_batch(x, use_running_average)
+        # As nnx.BatchNorm: statistics in float32 (at least), the output in the compute dtype.
         y, self.mean[...], self.var[...] = ops.batch_norm(
-            x, self.scale[...], self.bias[...], self.mean[...], self.var[...],
-            train=not use_running_average, eps=self.epsilon, momentum=self.momentum)
-        return y
+            x.astype(jnp.promote_types(x.dtype, jnp.float32)), self.scale[...], self.bias[...],
+            self.mean[...], self.var[...], train=not use_running_average, eps=self.epsilon,
+            momentum=self.momentum)
+        return y if self.dtype is None else y.astype(self.dtype)
 
     def set_view(self, use_running_average: bool | None = None):
         """Used by ``nnx.view``, as ``nnx.BatchNorm.set_view``."""

@@ -26,6 +26,9 @@ from jax import lax
 
 IntPair = int | Sequence[int]
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
+# conv2d refuses larger outputs (8 GiB in float32): a mistaken padding such as 10**6 would
+# otherwise abort the process when XLA allocates it.
+MAX_OUTPUT_ELEMENTS = 2**31
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,13 +117,20 @@ def _windows(X: jax.Array, h: int, w: int) -> jax.Array:
 def corr2d(X: jax.Array, K: jax.Array) -> jax.Array:
     """2-D cross-correlation: ``Y[i, j] = sum(X[i:i+kh, j:j+kw] * K)``.
 
-    X: ``(h, w)``; K: ``(kh, kw)``; returns ``(h - kh + 1, w - kw + 1)``.
+    X: ``(h, w)``; K: ``(kh, kw)``, at least 1x1; returns ``(h - kh + 1, w - kw + 1)``. Integer
+    inputs are computed in at least int32.
     """
     X, K = jnp.asarray(X), jnp.asarray(K)
     _require(X.ndim == 2 and K.ndim == 2,
              f"corr2d expects X (h, w) and K (kh, kw); got X {X.shape} and K {K.shape}")
+    _require(min(K.shape) > 0, f"corr2d: the kernel must be at least 1x1; got K {K.shape}")
     _require(K.shape[0] <= X.shape[0] and K.shape[1] <= X.shape[1],
              f"corr2d: kernel {K.shape} is larger than the input {X.shape}")
+    dtype = jnp.result_type(X, K)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        # Integers (and booleans) multiply and sum in at least int32: uint8 products wrap.
+        X, K = X.astype(jnp.promote_types(dtype, jnp.int32)), K.astype(jnp.promote_types(
+            dtype, jnp.int32))
     return (_windows(X, *K.shape) * K).sum(axis=(-2, -1))
 
 
@@ -191,12 +201,15 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
     ``padding``: ``'SAME'``, ``'VALID'``, an int, ``(p_h, p_w)`` or
     ``((top, bottom), (left, right))``. ``groups`` is the number of groups: each sees
     ``C_in // groups`` input channels and makes ``C_out // groups`` outputs.
-    Returns ``(N, H', W', C_out)`` with ``H' = conv_output_size(H, kh, s_h, p_h, d_h)``.
+    Returns ``(N, H', W', C_out)`` with ``H' = conv_output_size(H, kh, s_h, p_h, d_h)``, in
+    x's dtype (the bias is cast to it); outputs beyond ``MAX_OUTPUT_ELEMENTS`` are refused.
     """
     x, w = jnp.asarray(x), jnp.asarray(w)
     _require_nhwc(x, "conv2d")
     _require(w.ndim == 4, f"conv2d expects w in HWIO layout (kh, kw, C_in // groups, C_out); "
                           f"got shape {w.shape}")
+    _require(min(w.shape[:2]) > 0, f"conv2d: the kernel must be at least 1x1; got w (HWIO) "
+                                   f"{w.shape}")
     _require_float(x, "x", "conv2d")
     _require_float(w, "w", "conv2d")
     if x.dtype != w.dtype:
@@ -226,13 +239,19 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
         _require(span <= padded,
                  f"conv2d: the kernel spans {span} along {name} but the padded input has "
                  f"{padded}; x (NHWC) {x.shape}, w (HWIO) {w.shape}, padding {padding!r}")
+    out_hw = [(x.shape[1 + a] + sum(pads[a]) - spans[a]) // strides[a] + 1 for a in (0, 1)]
+    elements = x.shape[0] * out_hw[0] * out_hw[1] * c_out
+    _require(elements <= MAX_OUTPUT_ELEMENTS,
+             f"conv2d: the output would be {(x.shape[0], *out_hw, c_out)}, {elements:,} "
+             f"elements; at most {MAX_OUTPUT_ELEMENTS:,} are allowed (padding {padding!r}, "
+             f"stride {stride!r})")
     y = lax.conv_general_dilated(
         x, w, window_strides=strides, padding=pads, rhs_dilation=dilations,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
     if b is not None:
         b = jnp.asarray(b)
         _require(b.shape == (c_out,), f"conv2d: bias must have shape ({c_out},); got {b.shape}")
-        y = y + b
+        y = y + b.astype(y.dtype)          # the bias in the compute dtype, as nnx.Conv's
     return y
 
 

@@ -140,6 +140,11 @@ def reference_pool(x, kernel, stride, padding, mode):
     return pooled[:, ::stride[0], ::stride[1]]
 
 
+# The references as one program each (one compile a shape instead of one a primitive and shape),
+# for the property tests' many shapes.
+jitted_reference_conv2d = jax.jit(reference_conv2d, static_argnums=(2, 3, 4, 5, 6))
+jitted_reference_pool = jax.jit(reference_pool, static_argnums=(1, 2, 3, 4))
+
 CONV_GRID = [
     # (H, W, kernel, stride, padding, dilation, groups, c_in, c_out)
     (7, 7, (3, 3), (1, 1), (0, 0), (1, 1), 1, 3, 4),
@@ -277,6 +282,11 @@ def _ones(*shape):
     (lambda: ops.pool2d(X3, 4), r"window \(4, 4\).*\(3, 3\)"),
     (lambda: ops.conv_output_size(4, 7), r"spans 7"),
     (lambda: ops.conv_output_size(4, 3, stride=0), r"stride"),
+    (lambda: ops.corr2d(_ones(4, 4), _ones(0, 1)), r"at least 1x1; got K \(0, 1\)"),
+    (lambda: ops.conv2d(_ones(1, 4, 4, 1), _ones(0, 3, 1, 1)), r"at least 1x1.*\(0, 3, 1, 1\)"),
+    (lambda: ops.conv2d(_ones(1, 5, 5, 1), _ones(3, 3, 1, 1), padding=10**6),
+     r"output would be \(1, 2000003, 2000003, 1\), 4,000,012,000,009 elements; at most "
+     r"2,147,483,648"),
 ])
 def test_bad_shapes_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
@@ -318,6 +328,23 @@ def test_strides_may_be_numpy_integers_lists_or_tuples():
     expected = ops.conv2d(x, w, stride=2)
     for stride in (np.int64(2), [2, 2], (np.int32(2), 2)):
         np.testing.assert_array_equal(ops.conv2d(x, w, stride=stride), expected)
+
+
+def test_integer_correlation_does_not_wrap():
+    """uint8 products wrap at 256: 200 * 2 summed over a 2x2 window is 1600, not 576."""
+    X, K = jnp.full((4, 4), 200, jnp.uint8), jnp.full((2, 2), 2, jnp.uint8)
+    np.testing.assert_array_equal(ops.corr2d(X, K), np.full((3, 3), 1600))
+    np.testing.assert_array_equal(ops.corr2d_multi_in(jnp.stack([X, X]), jnp.stack([K, K])),
+                                  np.full((3, 3), 3200))
+    np.testing.assert_array_equal(ops.pool2d(X, 2, "avg"), np.full((3, 3), 200.0))
+    np.testing.assert_array_equal(ops.pool2d(X, 2, "max"), np.full((3, 3), 200))
+
+
+def test_conv2d_adds_the_bias_in_the_compute_dtype():
+    x, w = jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 4), jnp.bfloat16)
+    y = ops.conv2d(x, w, jnp.arange(4.0, dtype=jnp.float32))
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(y[0, 0, 0], np.float32), [18, 19, 20, 21])
 
 
 def test_mixed_dtypes_in_conv2d_raise_type_error():
@@ -397,20 +424,26 @@ size = st.sampled_from([-1, 0] + [1, 2, 3] * 6)
        groups=st.sampled_from([0, 1, 1, 1, 2, 2]))
 def test_conv2d_raises_or_matches_reference(h, w, c_in, c_out, kh, kw, stride, padding,
                                             dilation, groups):
-    key = jax.random.key(h * 1000 + w * 100 + c_in * 10 + c_out)
-    x = jax.random.normal(key, (1, h, w, c_in))
+    # Validity from the shapes alone: an error exactly when the case is invalid.
+    valid = (min(kh, kw, stride, dilation, groups) >= 1 and padding >= 0
+             and c_in % groups == 0 and c_out % groups == 0
+             and all(dilation * (k - 1) + 1 <= n + 2 * padding for n, k in ((h, kh), (w, kw))))
+    # NumPy inputs: no random-number program is compiled for each shape hypothesis draws.
+    rng = np.random.default_rng(h * 1000 + w * 100 + c_in * 10 + c_out)
+    x = rng.standard_normal((1, h, w, c_in), dtype=np.float32)
     in_per_group = c_in // groups if groups > 0 else c_in
-    try:
-        kernel = jnp.ones((max(kh, 0), max(kw, 0), in_per_group, c_out)) * 0.5
-        got = ops.conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups)
-    except (ValueError, TypeError) as error:
-        event(f"rejected: {type(error).__name__}")
+    kernel = np.full((max(kh, 0), max(kw, 0), in_per_group, c_out), 0.5, np.float32)
+    conv = functools.partial(ops.conv2d, x, kernel, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups)
+    if not valid:
+        event("invalid: rejected")
+        with pytest.raises(ValueError):
+            conv()
         return
-    event("compared with the reference")
-    want = reference_conv2d(x, kernel, None, (stride, stride), (padding, padding),
-                            (dilation, dilation), groups)
-    chex.assert_trees_all_close(got, want, atol=1e-4)
+    event("valid: compared with the reference")
+    want = jitted_reference_conv2d(x, kernel, None, (stride, stride), (padding, padding),
+                                   (dilation, dilation), groups)
+    chex.assert_trees_all_close(conv(), want, atol=1e-4)
 
 
 @settings(max_examples=60, deadline=None)
@@ -418,16 +451,20 @@ def test_conv2d_raises_or_matches_reference(h, w, c_in, c_out, kh, kw, stride, p
        padding=st.sampled_from([-1] + [0, 1, 2] * 4), mode=st.sampled_from(["max", "avg"]),
        integer=st.sampled_from([False, False, False, True]))
 def test_pools_raise_or_match_reference(h, w, k, stride, padding, mode, integer):
-    x = jax.random.normal(jax.random.key(h * 10 + w), (2, h, w, 2))
-    if integer:
-        x = x.astype(jnp.int32)
-    pool = ops.max_pool2d if mode == "max" else ops.avg_pool2d
-    try:
-        got = pool(x, k, stride, padding)
-    except (ValueError, TypeError) as error:
-        event(f"rejected: {type(error).__name__}")
-        return
-    event("compared with the reference")
     s = k if stride is None else stride
-    chex.assert_trees_all_close(got, reference_pool(x, (k, k), (s, s), (padding, padding), mode),
-                                atol=1e-6)
+    # Validity from the shapes alone (PyTorch's rules): an error exactly when it is invalid.
+    valid = (k >= 1 and s >= 1 and 0 <= padding and 2 * padding <= k
+             and k <= min(h, w) + 2 * padding)
+    x = np.random.default_rng(h * 10 + w).standard_normal((2, h, w, 2), dtype=np.float32)
+    if integer:
+        x = x.astype(np.int32)
+    pool = functools.partial(ops.max_pool2d if mode == "max" else ops.avg_pool2d, x, k, stride,
+                             padding)
+    if integer or not valid:
+        event("integer: rejected" if integer else "invalid: rejected")
+        with pytest.raises(TypeError if integer else ValueError):
+            pool()
+        return
+    event("valid: compared with the reference")
+    chex.assert_trees_all_close(
+        pool(), jitted_reference_pool(x, (k, k), (s, s), (padding, padding), mode), atol=1e-6)

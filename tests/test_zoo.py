@@ -163,8 +163,6 @@ def test_bn_lenet_scratch_equals_concise():
     chex.assert_trees_all_close(scratch(x), concise(x), atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="layers.BatchNorm has no compute dtype yet (layers.py, "
-                                        "helper 'speed'; the diff is in models' report)")
 def test_bn_lenet_scratch_in_bfloat16_normalises_as_the_concise_model():
     """set_compute_dtype reaches the from-scratch BatchNorm as it does nnx.BatchNorm: statistics
     in float32, the output in bfloat16, so both BN-LeNets compute the same in bfloat16."""
