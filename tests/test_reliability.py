@@ -132,32 +132,36 @@ def corrupt_arrays(step_dir: Path) -> None:
 
 
 def test_a_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
-    cfg = Config(model="lenet", epochs=1, batch_size=256, checkpoint_every=100)
+    # 50 steps, a checkpoint every 20: latest keeps 40 and 50.
+    cfg = Config(model="lenet", epochs=1, batch_size=256, checkpoint_every=20,
+                 train_examples=12_800, test_examples=2_000)
     straight = train.fit(cfg, tmp_path / "straight", log=lambda s: None)
     workdir = tmp_path / "damaged"
     train.fit(cfg, workdir, log=lambda s: None)
     latest = workdir / "checkpoints" / "latest"
-    assert sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) == [200, 234]
-    corrupt_arrays(latest / "234")
-    # Resuming falls back to step 200 (mid-epoch) and redoes the rest of the epoch.
+    assert sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) == [40, 50]
+    corrupt_arrays(latest / "50")
+    # Resuming falls back to step 40 (mid-epoch) and redoes the rest of the epoch.
     messages = []
     resumed = train.fit(cfg, workdir, log=messages.append)
     err = capsys.readouterr().err
-    assert "234 is unreadable" in err and "trying an older one" in err
-    assert "step 200" in messages[0]
+    assert "50 is unreadable" in err and "trying an older one" in err
+    assert "step 40" in messages[0]
     assert [r["val_acc"] for r in resumed] == [r["val_acc"] for r in straight]
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
 
 
 def test_divergence_stops_with_the_step_and_stays_resumable(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    assert cli.main(["train", "lenet", "--lr", "1e6", "--epochs", "1", "--workdir", workdir]) == 3
+    small = ["--train-examples", "5120", "--test-examples", "1000"]
+    assert cli.main(["train", "lenet", "--lr", "1e6", "--epochs", "1", *small,
+                     "--workdir", workdir]) == 3
     err = capsys.readouterr().err
     assert "training diverged" in err and "at step" in err and "with a lower --lr" in err
     assert len(err.strip().splitlines()) == 1                 # one line, no traceback
     # The same workdir, with a lower learning rate, trains on.
     assert cli.main(["train", "lenet", "--lr", "0.1", "--epochs", "1", "--batch-size", "128",
-                     "--workdir", workdir]) == 0
+                     *small, "--workdir", workdir]) == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from processes import run_python
+from processes import run_python_together
 
 from jaxcnn import xla_flags
 
@@ -57,14 +57,16 @@ print(json.dumps(out))
 """
 
 
-def run_steps(**env: str) -> dict:
+def run_steps(*envs: dict[str, str]) -> list[dict]:
+    """STEPS in one child process per env, at once; each child's losses."""
     environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXCNN_XLA_DEFAULTS")}
-    return json.loads(run_python(STEPS, {**environ, **env}).splitlines()[-1])
+    outs = run_python_together(STEPS, [{**environ, **env} for env in envs])
+    return [json.loads(out.splitlines()[-1]) for out in outs]
 
 
 @pytest.mark.skipif(not xla_flags.cpu_defaults(), reason="this jaxlib gets no extra flags")
 def test_installed_xla_accepts_the_flags_and_losses_match_without_them():
-    fast, plain = run_steps(), run_steps(JAXCNN_XLA_DEFAULTS="0")
+    fast, plain = run_steps({}, {"JAXCNN_XLA_DEFAULTS": "0"})
     assert fast["added"] == [FLAG] and plain["added"] == []
     for name in ("lenet", "vgg"):
         # Different fusions round differently; six steps stay within float32 noise.
