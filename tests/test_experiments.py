@@ -115,3 +115,22 @@ def test_chapter7_notebooks_show_the_books_values(script, values):
     if script == "conv_layer":           # the book learns [[1.0027, -0.9661]]
         (learned,) = re.findall(r"learned kernel.*:\n\[\[ *(\S+) +(\S+) *\]\]", text)
         assert abs(float(learned[0]) - 1) < 0.1 and abs(float(learned[1]) + 1) < 0.1, learned
+
+
+def test_the_profile_tool_accounts_for_the_whole_step(tmp_path):
+    """experiments/profile_step.py: every kind of op gets a row, the shares add up to the
+    profiled step, and the largest ops are named with their kinds (a small LeNet step)."""
+    result = subprocess.run([sys.executable, str(EXPERIMENTS / "profile_step.py"), "lenet",
+                             "--steps", "1", "--batch-size", "32", "--top", "3",
+                             "--hlo-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    step = float(re.search(r"profiled step ([\d.]+) ms", out).group(1))
+    rows = dict(re.findall(r"^\| ([a-z +()]+?) \| [\d.]+ \| ([\d.]+)% \|$", out, re.M))
+    assert {"conv forward", "conv input grad", "conv weight grad",
+            "idle (no op running)"} <= set(rows)
+    assert sum(float(share) for share in rows.values()) == pytest.approx(100, abs=1)
+    assert step > 0 and (tmp_path / "lenet-28.hlo.txt").stat().st_size > 1000
+    largest = out.split("largest 3 ops:")[1].strip().splitlines()
+    assert len(largest) == 3 and all(re.match(r"\s*[\d.]+ ms  \S", line) for line in largest)
