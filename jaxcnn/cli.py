@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "in the book; improved recipes 5000)")
     train.add_argument("--steps-per-dispatch", type=int, default=1, metavar="K",
                        help="keep the training images on the device and run K steps in one "
-                            "dispatch (for GPUs; results as with 1; default 1)")
+                            "dispatch (for GPUs; results as with 1 to float32 rounding; default 1)")
     train.add_argument("--no-report", dest="report", action="store_false",
                        help="skip the run report (WORKDIR/report/, as jaxcnn report writes) at "
                             "the end; JAXCNN_REPORT=0 skips it too")
