@@ -129,8 +129,8 @@ def corr2d(X: jax.Array, K: jax.Array) -> jax.Array:
     dtype = jnp.result_type(X, K)
     if not jnp.issubdtype(dtype, jnp.inexact):
         # Integers (and booleans) multiply and sum in at least int32: uint8 products wrap.
-        X, K = X.astype(jnp.promote_types(dtype, jnp.int32)), K.astype(jnp.promote_types(
-            dtype, jnp.int32))
+        dtype = jnp.promote_types(dtype, jnp.int32)
+    X, K = X.astype(dtype), K.astype(dtype)
     return (_windows(X, *K.shape) * K).sum(axis=(-2, -1))
 
 
