@@ -234,12 +234,13 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array | None = None, *, stride: In
         pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     else:
         pads = _padding_pairs(padding)
+    out_hw = []
     for axis, name in ((0, "height"), (1, "width")):
         span, padded = spans[axis], x.shape[1 + axis] + sum(pads[axis])
         _require(span <= padded,
                  f"conv2d: the kernel spans {span} along {name} but the padded input has "
                  f"{padded}; x (NHWC) {x.shape}, w (HWIO) {w.shape}, padding {padding!r}")
-    out_hw = [(x.shape[1 + a] + sum(pads[a]) - spans[a]) // strides[a] + 1 for a in (0, 1)]
+        out_hw.append((padded - span) // strides[axis] + 1)
     elements = x.shape[0] * out_hw[0] * out_hw[1] * c_out
     _require(elements <= MAX_OUTPUT_ELEMENTS,
              f"conv2d: the output would be {(x.shape[0], *out_hw, c_out)}, {elements:,} "

@@ -10,18 +10,23 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 
-def run_python(code: str, env: Mapping[str, str], timeout: float = 300) -> str:
-    """Runs ``code`` (dedented) as ``python -c`` in ``env``; fails the test with the child's
-    output unless it exits 0; returns its stdout."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=dict(env),
-                            capture_output=True, text=True, timeout=timeout)
+def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> str:
+    """``python ARGV`` in ``env``; fails the test with the child's output unless it exits 0;
+    returns its stdout."""
+    result = subprocess.run([sys.executable, *argv], env=dict(env), capture_output=True,
+                            text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     return result.stdout
 
 
-def run_python_together(code: str, envs: Sequence[Mapping[str, str]],
-                        timeout: float = 300) -> list[str]:
-    """``run_python(code, env)`` for each of ``envs`` at once, one child process each (their
-    JAX start-ups and compiles overlap); the stdouts in the order of ``envs``."""
-    with ThreadPoolExecutor(len(envs)) as pool:
-        return list(pool.map(lambda env: run_python(code, env, timeout), envs))
+def run_python(code: str, env: Mapping[str, str], timeout: float = 300) -> str:
+    """Runs ``code`` (dedented) as ``python -c`` in ``env``, as ``run`` does."""
+    return run(["-c", textwrap.dedent(code)], env, timeout)
+
+
+def run_together(runs: Sequence[tuple[Sequence[str], Mapping[str, str]]],
+                 timeout: float = 300) -> list[str]:
+    """``run(argv, env)`` for each ``(argv, env)`` of ``runs`` at once, one child process each
+    (their JAX start-ups and compiles overlap); the stdouts in the order of ``runs``."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda r: run(*r, timeout=timeout), runs))

@@ -4,22 +4,13 @@ JAXCNN_COMPILATION_CACHE=0, never over a cache the user chose."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+
+from processes import run, run_together
 
 from jaxcnn import compile_cache
 
 TRAIN = ["-m", "jaxcnn", "train", "lenet", "--epochs", "1", "--train-examples", "256",
          "--test-examples", "256", "--checkpoint-every", "0"]
-
-
-def _cli(*runs):
-    """``python ARGS`` in ENV for each ``(args, env)`` of ``runs``, at once; each must exit 0."""
-    children = [subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for args, env in runs]
-    for child in children:
-        output = child.communicate(timeout=300)[0]
-        assert child.returncode == 0, output[-3000:]
 
 
 def _entries(directory):
@@ -33,13 +24,13 @@ def test_a_repeated_run_compiles_nothing_new_and_zero_turns_the_cache_off(tmp_pa
     directory = compile_cache.default_directory(env)
     assert directory.parent == tmp_path / "cache" / "jaxcnn" / "xla"
 
-    _cli(([*TRAIN, "--workdir", str(tmp_path / "a")], env))
+    run([*TRAIN, "--workdir", str(tmp_path / "a")], env)
     first = _entries(directory)
     assert any(name.startswith("jit_train_step") for name in first), first
     # The same programs again, and beside it a run with the cache off.
     off = {**env, "XDG_CACHE_HOME": str(tmp_path / "off"), compile_cache.ENV_OFF: "0"}
-    _cli(([*TRAIN, "--workdir", str(tmp_path / "b")], env),
-         ([*TRAIN, "--workdir", str(tmp_path / "c")], off))
+    run_together([([*TRAIN, "--workdir", str(tmp_path / "b")], env),
+                  ([*TRAIN, "--workdir", str(tmp_path / "c")], off)])
     assert _entries(directory) == first                        # every compile was a cache hit
     assert not (tmp_path / "off" / "jaxcnn").exists()      # (matplotlib keeps its own there)
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from processes import run_python_together
+from processes import run_together
 
 from jaxcnn import xla_flags
 
@@ -60,7 +60,7 @@ print(json.dumps(out))
 def run_steps(*envs: dict[str, str]) -> list[dict]:
     """STEPS in one child process per env, at once; each child's losses."""
     environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXCNN_XLA_DEFAULTS")}
-    outs = run_python_together(STEPS, [{**environ, **env} for env in envs])
+    outs = run_together([(["-c", STEPS], {**environ, **env}) for env in envs])
     return [json.loads(out.splitlines()[-1]) for out in outs]
 
 
