@@ -234,31 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench_module.add_arguments(bench)
     bench.set_defaults(run=bench_module.run)
 
-    from jaxcnn import export, interop, predict
+    from jaxcnn import diagnose, export, interop, predict
 
-    convert = commands.add_parser("convert", help="a run's weights to a safetensors file of "
-                                                  "the book's PyTorch state dict, or back into "
-                                                  "a new workdir (--from-torch)")
-    interop.add_arguments(convert)
-    convert.set_defaults(run=interop.run)
-
-    exporting = commands.add_parser("export", help="a run's model with its preprocessing as "
-                                                   "StableHLO (jax.export) or ONNX")
-    export.add_arguments(exporting)
-    exporting.set_defaults(run=export.run)
-
-    predicting = commands.add_parser("predict", help="the top 3 classes of your own images "
-                                                     "(PNG, JPEG) by a run's model")
-    predict.add_arguments(predicting)
-    predicting.set_defaults(run=predict.run)
-
-    report = commands.add_parser("report", help="what a run's network learned: confusion "
-                                                "matrix, predictions, kernels, feature maps "
-                                                "and one HTML page, in WORKDIR/report/")
-    from jaxcnn import diagnose
-
-    diagnose.add_arguments(report)
-    report.set_defaults(run=diagnose.run)
+    # Each command's own module adds its arguments and runs it.
+    for name, module, help_text in (
+            ("convert", interop, "a run's weights to a safetensors file of the book's PyTorch "
+                                 "state dict, or back into a new workdir (--from-torch)"),
+            ("export", export, "a run's model with its preprocessing as StableHLO (jax.export) "
+                               "or ONNX"),
+            ("predict", predict, "the top 3 classes of your own images (PNG, JPEG) by a run's "
+                                 "model"),
+            ("report", diagnose, "what a run's network learned: confusion matrix, predictions, "
+                                 "kernels, feature maps and one HTML page, in WORKDIR/report/")):
+        command = commands.add_parser(name, help=help_text)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
 
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a run's best "
                                                 "checkpoint")
