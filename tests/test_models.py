@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import models
+from jaxcnn import layers, models
 from jaxcnn.models import Residual, ResNeXtBlock
 
 
@@ -60,6 +60,25 @@ def test_kernels_are_xavier_uniform():
     assert np.abs(kernel).max() <= limit
     assert np.abs(kernel).max() > 0.9 * limit         # uniform: reaches near the bound
     assert np.var(kernel) == pytest.approx(limit ** 2 / 3, rel=0.15)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 4), (5, 5, 6, 16), (1, 1, 832, 384),
+                                   (3, 3, 1, 64), (7,), (1,)])
+def test_initialisers_give_jax_s_values_bit_for_bit_eagerly_and_traced(shape):
+    """The rounded-size draws of layers._uniform are JAX's own values, not new ones."""
+    key = jax.random.key(11)
+    if len(shape) >= 2:
+        ours, jax_init = layers.xavier_uniform, nnx.initializers.xavier_uniform()
+    else:
+        ours, bound = layers.torch_bias_init(27), 1 / 27 ** 0.5
+        def jax_init(key, shape, dtype):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+    expected = np.asarray(jax_init(key, shape, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(ours(key, shape, jnp.float32)), expected)
+    keys = jax.random.split(key, 2)
+    traced = jax.jit(jax.vmap(lambda k: ours(k, shape, jnp.float32)))(keys)
+    np.testing.assert_array_equal(np.asarray(traced[1]),
+                                  np.asarray(jax_init(keys[1], shape, jnp.float32)))
 
 
 # ----------------------------------------------------------------------------------------------
