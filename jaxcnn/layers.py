@@ -129,15 +129,27 @@ def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> Linear:
 
 
 class FlaxBatchNorm(nnx.BatchNorm):
-    """``nnx.BatchNorm`` that refuses batch statistics of an empty batch (NaN running averages
-    otherwise); in eval mode an empty batch gives an empty output."""
+    """``nnx.BatchNorm`` whose train mode is ``ops.batch_norm_train`` (statistics in one pass,
+    a two-reduction gradient), with nnx's state, momentum and output dtype; it refuses batch
+    statistics of an empty batch (NaN running averages otherwise). Eval mode, masks and
+    cross-device ``axis_name`` statistics are nnx's own."""
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None) -> jax.Array:
         if use_running_average is None:
             use_running_average = self.use_running_average
         _require_batch(x, use_running_average)
-        return super().__call__(x, use_running_average, mask=mask)
+        if (use_running_average or mask is not None or self.axis_name is not None
+                or self.axis not in (-1, x.ndim - 1) or self.scale is None or self.bias is None):
+            return super().__call__(x, use_running_average, mask=mask)
+        x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]),
+                                            dtype=self.dtype)
+        y, mean, var = ops.batch_norm_train(x, scale, bias, self.epsilon)
+        self.mean[...] = jax.lax.stop_gradient(
+            self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = jax.lax.stop_gradient(
+            self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return y if self.dtype is None else y.astype(self.dtype)
 
 
 def _require_batch(x: jax.Array, use_running_average: bool) -> None:
@@ -150,8 +162,9 @@ def _require_batch(x: jax.Array, use_running_average: bool) -> None:
 def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """``nnx.BatchNorm`` with PyTorch's defaults: running = 0.9 * running + 0.1 * batch
     (Flax's ``momentum=0.9``; Flax defaults to 0.99), eps 1e-5, statistics over all axes but the
-    last (N, H, W for NHWC). The variance is ``mean((x - mean)**2)``, not Flax's faster
-    ``mean(x**2) - mean**2``, which cancels badly for near-constant channels."""
+    last (N, H, W for NHWC). The batch variance is the biased one, taken about one example's
+    values (``ops.batch_norm_train``), not Flax's fast ``mean(x**2) - mean**2``, which cancels
+    badly for near-constant channels."""
     return FlaxBatchNorm(num_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
                          rngs=rngs)
 

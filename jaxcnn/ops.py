@@ -15,6 +15,7 @@ non-float input to an op that needs floats raises ``TypeError``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from numbers import Integral
 from typing import Literal
@@ -344,12 +345,53 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, moving_mean: jax
                  f"batch_norm: {name} must have shape {channels} for x {x.shape}; "
                  f"got {jnp.shape(value)}")
     if train:
-        axes = tuple(range(x.ndim - 1))
-        mean = x.mean(axis=axes)
-        var = ((x - mean) ** 2).mean(axis=axes)
+        y, mean, var = batch_norm_train(x, scale, bias, eps)
         moving_mean = lax.stop_gradient((1.0 - momentum) * moving_mean + momentum * mean)
         moving_var = lax.stop_gradient((1.0 - momentum) * moving_var + momentum * var)
-    else:
-        mean, var = moving_mean, moving_var
-    y = scale * (x - mean) / jnp.sqrt(var + eps) + bias
+        return y, moving_mean, moving_var
+    y = scale * (x - moving_mean) / jnp.sqrt(moving_var + eps) + bias
     return y, moving_mean, moving_var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Train-mode BatchNorm over every axis but the last (channels): ``x`` ``(..., C)``,
+    ``scale`` and ``bias`` ``(C,)``; returns ``(y, mean, var)``, ``y`` float32 (at least)
+    shaped as ``x``, and the batch's mean and biased variance ``(C,)``.
+
+    The statistics take one pass over ``x``: the sums of ``x - s`` and its square, ``s`` one
+    example's values per channel (a shift inside the data, so that near-constant channels do
+    not cancel as ``mean(x**2) - mean**2`` does). The gradient is the standard two-reduction
+    one (sums of ``dy`` and ``dy * x_hat``), not autodiff's longer chain.
+    """
+    return _batch_norm_forward(x, scale, bias, eps)[0]
+
+
+def _batch_norm_forward(x, scale, bias, eps):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    axes, n = tuple(range(x.ndim - 1)), max(x.size // max(x.shape[-1], 1), 1)
+    shift = lax.stop_gradient(x32[(0,) * (x.ndim - 1)])
+    d = x32 - shift
+    mean_d = d.sum(axes) / n
+    var = jnp.maximum((d * d).sum(axes) / n - mean_d * mean_d, 0.0)
+    rstd = lax.rsqrt(var + eps)
+    # Centred as (x - s) - mean(x - s), not x - mean: the mean rounded to float32 would be off
+    # by up to half its last place, a whole standard deviation for a near-constant channel.
+    y = (d - mean_d) * (scale * rstd) + bias
+    return (y, shift + mean_d, var), (x, shift, mean_d, rstd, scale)
+
+
+def _batch_norm_backward(eps, res, cotangents):
+    x, shift, mean_d, rstd, scale = res
+    dy, dmean, dvar = cotangents
+    axes, n = tuple(range(x.ndim - 1)), max(x.size // max(x.shape[-1], 1), 1)
+    centred = (x.astype(shift.dtype) - shift) - mean_d
+    x_hat = centred * rstd
+    dbias, dscale = dy.sum(axes), (dy * x_hat).sum(axes)
+    dx = ((scale * rstd / n) * (n * dy - dbias - x_hat * dscale)
+          + (dmean + 2.0 * dvar * centred) / n)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_backward)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 
 from jaxcnn import cli, layers, models, ops, summary
 
@@ -136,6 +137,65 @@ def test_scratch_batch_norm_matches_nnx(shape):
                                   scratch.var[...], train=False)
     chex.assert_trees_all_close(y_eval, scratch(x), atol=1e-6)
     assert nnx.view(scratch, use_running_average=False).use_running_average is False
+
+
+@pytest.mark.parametrize("shape, dtype", [((8, 5, 5, 3), None), ((16, 3), None),
+                                          ((8, 5, 5, 3), "bfloat16")],
+                         ids=["nhwc", "dense", "nhwc-bfloat16"])
+def test_one_pass_batch_norm_matches_nnx_in_values_statistics_and_gradients(shape, dtype):
+    """layers.batch_norm's train mode (ops.batch_norm_train, a custom VJP) against
+    nnx.BatchNorm's own two-pass code with the same state, in both modes."""
+    keys = jax.random.split(jax.random.key(1), 6)
+    x = 3 * jax.random.normal(keys[0], shape) + 1
+    fused = layers.batch_norm(3, rngs=nnx.Rngs(0))
+    plain = nnx.BatchNorm(3, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                          rngs=nnx.Rngs(0))
+    for name, key in zip(("scale", "bias", "mean", "var"), keys[1:5], strict=True):
+        value = jax.random.uniform(key, (3,), minval=0.5, maxval=1.5)
+        getattr(fused, name)[...] = value
+        getattr(plain, name)[...] = value
+    if dtype:
+        fused.dtype = plain.dtype = jnp.dtype(dtype)
+    cotangent = jax.random.normal(keys[5], shape)
+
+    def loss(module, x):
+        return jnp.vdot(module(x).astype(jnp.float32), cotangent)
+
+    out = {}
+    for name, module in (("fused", fused), ("plain", plain)):
+        module.train()
+        y = module(x.astype(dtype) if dtype else x)
+        assert y.dtype == (jnp.dtype(dtype) if dtype else jnp.float32)
+        out[name] = y.astype(jnp.float32), nnx.grad(loss, argnums=(0, 1))(module, x)
+    tol = 2e-2 if dtype else 1e-5
+    chex.assert_trees_all_close(out["fused"], out["plain"], atol=tol, rtol=tol)
+    # Both calls updated the running statistics.
+    chex.assert_trees_all_close(nnx.state(fused, nnx.BatchStat), nnx.state(plain, nnx.BatchStat),
+                                rtol=1e-5)
+    fused.eval()
+    plain.eval()
+    chex.assert_trees_all_close(fused(x), plain(x), atol=tol)
+
+
+def test_one_pass_statistics_of_a_near_constant_channel_are_float64_s():
+    """1000 + 1e-3 noise: float32's mean(x**2) - mean**2 would leave rounding ~1e-1 against a
+    variance of 1e-6; the sums taken about one example's values keep it to float64's."""
+    x = 1000 + 1e-3 * jax.random.normal(jax.random.key(3), (64, 4, 4, 2))
+    y, mean, var = ops.batch_norm_train(x, jnp.ones(2), jnp.zeros(2), 0.0)
+    x64 = np.asarray(x, np.float64).reshape(-1, 2)
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(var, x64.var(0), rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, 2),
+                               (x64 - x64.mean(0)) / x64.std(0), atol=2e-2)
+
+
+def test_batch_norm_train_gradients_are_autodiff_s():
+    keys = jax.random.split(jax.random.key(2), 3)
+    x, scale, bias = (jax.random.normal(keys[0], (6, 4, 3, 5)),
+                      jax.random.uniform(keys[1], (5,), minval=0.5, maxval=1.5),
+                      jax.random.normal(keys[2], (5,)))
+    check_grads(lambda *a: ops.batch_norm_train(*a, 1e-5), (x, scale, bias), order=1,
+                modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
 def test_scratch_batch_norm_rejects_bad_shapes():
