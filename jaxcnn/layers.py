@@ -6,7 +6,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxcnn import ops
@@ -58,7 +57,7 @@ def _uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval, maxval,
         flat = flat * scale
     if isinstance(flat, jax.core.Tracer):
         return flat[:n].reshape(shape)
-    return jax.device_put(np.asarray(flat)[:n].reshape(shape))
+    return jax.device_put(jax.device_get(flat)[:n].reshape(shape))   # explicit transfers
 
 
 def xavier_uniform(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
