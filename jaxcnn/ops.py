@@ -368,9 +368,15 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
     return _batch_norm_forward(x, scale, bias, eps)[0]
 
 
+def _statistics_axes(x: jax.Array) -> tuple[tuple[int, ...], int]:
+    """The axes BatchNorm reduces over (all but the channels) and how many values each
+    channel's statistics take (at least 1)."""
+    return tuple(range(x.ndim - 1)), max(x.size // max(x.shape[-1], 1), 1)
+
+
 def _batch_norm_forward(x, scale, bias, eps):
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    axes, n = tuple(range(x.ndim - 1)), max(x.size // max(x.shape[-1], 1), 1)
+    axes, n = _statistics_axes(x)
     shift = lax.stop_gradient(x32[(0,) * (x.ndim - 1)])
     d = x32 - shift
     mean_d = d.sum(axes) / n
@@ -385,7 +391,7 @@ def _batch_norm_forward(x, scale, bias, eps):
 def _batch_norm_backward(eps, res, cotangents):
     x, shift, mean_d, rstd, scale = res
     dy, dmean, dvar = cotangents
-    axes, n = tuple(range(x.ndim - 1)), max(x.size // max(x.shape[-1], 1), 1)
+    axes, n = _statistics_axes(x)
     centred = (x.astype(shift.dtype) - shift) - mean_d
     x_hat = centred * rstd
     dbias, dscale = dy.sum(axes), (dy * x_hat).sum(axes)
