@@ -52,14 +52,14 @@ def _nnx_batch_norm(self, x, use_running_average=None, *, mask=None):
 @pytest.mark.parametrize("name, size, lr, steps", [("bn_lenet", 28, 0.1, 20),
                                                    ("resnet18", 32, 0.01, 1)])
 def test_the_fused_batch_norm_trains_as_nnx_s(fmnist, monkeypatch, name, size, lr, steps):
-    # Batches of 64: the fused ResNet-18 step is the one test_train_steps_lower_the_loss... has
-    # compiled (the suite's compilation cache).
     """Steps with layers.batch_norm's one-pass, custom-VJP train mode, then with nnx.BatchNorm's
     own code: the losses agree to 1e-4 relative and the states (parameters, statistics) after
     them to 1e-5. BN-LeNet over 20 steps; ResNet-18 over its first, since its loss at this size
     moves under any change of rounding: the plain path's own, with every parameter times
     1 +- 1e-7, moves by up to 2e-4 at step 2 and 3e-2 at step 3 (experiments/RESULTS.md)."""
     (images, labels), _ = fmnist
+    # Batches of 64: the fused ResNet-18 step is the one test_train_steps_lower_the_loss... has
+    # compiled (the suite's compilation cache).
     losses, states = [], []
     for fused in (True, False):
         if not fused:
