@@ -48,7 +48,7 @@ def test_resnext_block_groups_is_the_number_of_groups():
 
 def test_resnext_model_runs():
     model = models.create("resnext", image_size=32)
-    chex.assert_shape(model(jnp.ones((2, 32, 32, 1))), (2, 10))
+    chex.assert_shape(nnx.jit(lambda m, x: m(x))(model, jnp.ones((2, 32, 32, 1))), (2, 10))
     groups = {m.feature_group_count for _, m in nnx.iter_modules(model)
               if isinstance(m, nnx.Conv)}
     assert groups == {1, 16}
@@ -98,13 +98,14 @@ def test_batchnorm_matches_pytorch_defaults_and_modes():
     stem_conv = model.layers[0].layers[0]
     batch_mean = stem_conv(x).mean(axis=(0, 1, 2))    # statistics over N, H, W
 
+    call = nnx.jit(lambda module, x: module(x))       # updates the module as an eager call
     model.train()
-    model(x)
+    call(model, x)
     chex.assert_trees_all_close(bn.mean[...], 0.1 * batch_mean, atol=1e-6)   # 0.9 * 0 + 0.1 * m
     stats = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
 
     model.eval()
-    y1, y2 = model(x), model(x)
+    y1, y2 = call(model, x), call(model, x)
     chex.assert_trees_all_equal(nnx.state(model, nnx.BatchStat), stats)     # untouched
     chex.assert_trees_all_equal(y1, y2)                                       # deterministic
     # Eval normalises with the running averages: the stem's BN output equals the formula.
@@ -173,16 +174,19 @@ def test_split_merge_apply_from_plain_jax():
         module.train()
         return module(x), nnx.state(module)
 
+    # The module's own call, under nnx.jit (which updates the module in place, as an eager call
+    # does; eagerly, ResNet-18 compiles one program per operation and shape).
+    call = nnx.jit(lambda module, x: module(x))
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
     before = jax.tree.leaves(jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat)))
     model.eval()
-    eval_logits = model(x)
+    eval_logits = call(model, x)
     chex.assert_trees_all_close(apply(state, x), eval_logits, atol=1e-5)
     logits, new_state = train_apply(state, x)
     # The pure step is the module's own train mode: the same logits (batch statistics, not the
     # running averages of eval) and the same update of every BatchNorm's running averages.
     model.train()
-    chex.assert_trees_all_close(logits, model(x), atol=1e-5)
+    chex.assert_trees_all_close(logits, call(model, x), atol=1e-5)
     assert not np.allclose(logits, eval_logits, atol=1e-3)
     after = jax.tree.leaves(nnx.filter_state(new_state, nnx.BatchStat))
     assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
