@@ -95,8 +95,9 @@ def test_train_step_compiles_once(fmnist):
 
 def test_batchnorm_statistics_change_in_training_and_are_used_in_eval(fmnist):
     (images, labels), _ = fmnist
-    trainer = train.Trainer(Config(model="resnet18", image_size=32, batch_size=32), 10)
-    batch = fixed_batch(images, labels, 32)
+    # The program test_train_steps_lower_the_loss... compiles (the suite's compilation cache).
+    trainer = train.Trainer(Config(model="resnet18", image_size=32, lr=0.01, batch_size=64), 100)
+    batch = fixed_batch(images, labels)
     state0 = jax.tree.map(jnp.copy, trainer.initial_state)
     state1, _ = trainer.train_step(jax.tree.map(jnp.copy, state0), batch)
     changed = jax.tree.map(lambda a, b: not np.allclose(a, b), state0["batch_stats"],
@@ -120,7 +121,8 @@ def test_evaluation_counts_every_test_image_once(fmnist):
     with jax.default_matmul_precision("highest"):
         loss, acc, smoothed = trainer.evaluate(state, images, labels)
         # 10,000 / 128 leaves a padded last batch; the accuracy is a count over all 10,000.
-        logits = trainer._model(state, train=False)(data.preprocess(images, 28))
+        logits = jax.jit(lambda state, x: trainer._model(state, train=False)(
+            data.preprocess(x, 28)))(state, images)
         correct = int((jnp.argmax(logits, -1) == labels).sum())
         big = train.Trainer(config.recipe("lenet", "improved", batch_size=1000), 100)
         loss_big, acc_big, _ = big.evaluate(state, images, labels)
