@@ -23,10 +23,10 @@ from jaxcnn.checkpoints import Checkpoints, abstract
 from jaxcnn.config import Config
 
 # Two epochs of LeNet at batch 256 on a sixth of the training images (40 steps an epoch), a
-# checkpoint every 8 steps; as one run, and as a group of two seeds.
-KILL_ARGS = ["train", "lenet", "--epochs", "2", "--batch-size", "256", "--checkpoint-every", "8",
+# checkpoint every 16 steps; as one run, and as a group of two seeds.
+KILL_ARGS = ["train", "lenet", "--epochs", "2", "--batch-size", "256", "--checkpoint-every", "16",
              "--train-examples", "10240", "--test-examples", "2000"]
-KILL_CONFIG = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=8,
+KILL_CONFIG = Config(model="lenet", epochs=2, batch_size=256, checkpoint_every=16,
                      train_examples=10_240, test_examples=2_000)
 COMPARED = ("epoch", "train_loss", "val_loss", "val_acc")
 GROUP = ["--seeds", "0,1"]
