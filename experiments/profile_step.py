@@ -237,6 +237,7 @@ def profile(name: str, image_size: int, batch_size: int, steps: int, dtype: str,
     compiled = trainer._train_step.lower(state, batch).compile()
     module = parse_hlo(compiled.as_text())
     if hlo_path:
+        Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
         Path(hlo_path).write_text(compiled.as_text())
     kernels = {tuple(sorted(p.shape)) for p in jax.tree.leaves(state["params"]) if p.ndim == 4}
 
