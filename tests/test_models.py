@@ -46,9 +46,14 @@ def test_resnext_block_groups_is_the_number_of_groups():
         ResNeXtBlock(32, groups=5, bot_mul=1, rngs=nnx.Rngs(0))
 
 
+# A module's own call under nnx.jit: it updates the module in place (BatchNorm's running
+# averages) as an eager call does, where eagerly a ResNet compiles one program per operation.
+call = nnx.jit(lambda module, x: module(x))
+
+
 def test_resnext_model_runs():
     model = models.create("resnext", image_size=32)
-    chex.assert_shape(nnx.jit(lambda m, x: m(x))(model, jnp.ones((2, 32, 32, 1))), (2, 10))
+    chex.assert_shape(call(model, jnp.ones((2, 32, 32, 1))), (2, 10))
     groups = {m.feature_group_count for _, m in nnx.iter_modules(model)
               if isinstance(m, nnx.Conv)}
     assert groups == {1, 16}
@@ -98,7 +103,6 @@ def test_batchnorm_matches_pytorch_defaults_and_modes():
     stem_conv = model.layers[0].layers[0]
     batch_mean = stem_conv(x).mean(axis=(0, 1, 2))    # statistics over N, H, W
 
-    call = nnx.jit(lambda module, x: module(x))       # updates the module as an eager call
     model.train()
     call(model, x)
     chex.assert_trees_all_close(bn.mean[...], 0.1 * batch_mean, atol=1e-6)   # 0.9 * 0 + 0.1 * m
@@ -174,9 +178,6 @@ def test_split_merge_apply_from_plain_jax():
         module.train()
         return module(x), nnx.state(module)
 
-    # The module's own call, under nnx.jit (which updates the module in place, as an eager call
-    # does; eagerly, ResNet-18 compiles one program per operation and shape).
-    call = nnx.jit(lambda module, x: module(x))
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
     before = jax.tree.leaves(jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat)))
     model.eval()
